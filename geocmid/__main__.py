@@ -1,0 +1,5 @@
+import sys
+
+from geocmid.cli import main
+
+sys.exit(main())
