@@ -1,0 +1,1 @@
+"""Data layer: catalog entries → TorchGeo datasets, samplers, datamodules and statistics."""

@@ -1,0 +1,403 @@
+"""Catalog entries: typed descriptions of one data source each, validated before use.
+
+A catalog entry is one YAML file in the catalog folder; its name is the file stem. Paths in an
+entry are relative to the folder of the YAML file, so a catalog travels with its data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from geocmid.errors import ConfigError, did_you_mean
+
+#: File endings read as rasters when a folder is given (GDAL reads many more by explicit path).
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc")
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DEFAULT_COLORS = (
+    "#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928",
+    "#a6cee3", "#b2df8a", "#fb9a99", "#fdbf6f", "#cab2d6", "#ffff99",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class of a label source: the pixel/attribute value, a name and a display colour."""
+
+    value: int
+    name: str
+    color: str
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """Colour as 0-255 integers (for GeoTIFF colour tables and QGIS styles)."""
+        h = self.color.lstrip("#")
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+@dataclass
+class Entry:
+    """Base of all catalog entries."""
+
+    kind: ClassVar[str] = ""
+    #: key → (required, help). Every kind adds its own keys to these.
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        "kind": (True, "entry kind"),
+        "name": (False, "entry name (defaults to the YAML file stem)"),
+        "description": (False, "free text shown by `catalog list`"),
+    }
+
+    name: str
+    source: Path | None  # the YAML file this entry came from (None when built in Python)
+    base_dir: Path
+    description: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"catalog entry '{self.name}'" + (f" ({self.source})" if self.source else "")
+
+    def error(self, key: str | None, problem: str, fix: str | None = None) -> ConfigError:
+        where = self.where + (f", key '{key}'" if key else "")
+        return ConfigError(where, problem, fix)
+
+    def resolve_paths(self, patterns: list[str], key: str, suffixes: tuple[str, ...]) -> list[Path]:
+        """Expand files, globs and folders (relative to the YAML folder) to existing files."""
+        files: list[Path] = []
+        for pattern in patterns:
+            path = Path(pattern).expanduser()
+            path = path if path.is_absolute() else self.base_dir / path
+            if glob.has_magic(str(path)):
+                matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+                matches = [m for m in matches if m.is_file()]
+                if not matches:
+                    raise self.error(
+                        key,
+                        f"the pattern '{pattern}' matches no file (searched {path})",
+                        "check the folder and the pattern; paths are relative to the YAML file",
+                    )
+                files += matches
+            elif path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
+                if not found:
+                    raise self.error(
+                        key,
+                        f"the folder {path} holds no file ending in {', '.join(suffixes)}",
+                        "point to the files themselves or to a glob such as 'folder/*.tif'",
+                    )
+                files += found
+            elif path.exists():
+                files.append(path)
+            else:
+                raise self.error(
+                    key,
+                    f"file not found: {path}",
+                    "check the spelling; relative paths are relative to the YAML file's folder",
+                )
+        return files
+
+    def referenced_entries(self) -> list[str]:
+        """Names of other catalog entries this one depends on."""
+        return []
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _parse_classes(entry: Entry, raw: Any) -> list[ClassInfo]:
+    """Accept ``{1: building}``, ``{1: {name: building, color: '#f00'}}`` or a list of names."""
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        raw = dict(enumerate(raw))
+    if not isinstance(raw, Mapping):
+        raise entry.error("classes", "expected a mapping of value: name or value: {name, color}")
+    classes = []
+    for i, (value, spec) in enumerate(raw.items()):
+        try:
+            ivalue = int(value)
+        except (TypeError, ValueError):
+            raise entry.error(
+                "classes", f"class value {value!r} is not an integer", "use integer class values"
+            ) from None
+        if isinstance(spec, str):
+            name, color = spec, DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+        elif isinstance(spec, Mapping):
+            unknown = set(spec) - {"name", "color"}
+            if unknown:
+                key = sorted(unknown)[0]
+                raise entry.error(
+                    "classes",
+                    f"class {ivalue} has an unknown key '{key}'{did_you_mean(key, ['name', 'color'])}",
+                    "each class takes only 'name' and 'color'",
+                )
+            name = str(spec.get("name", f"class_{ivalue}"))
+            color = str(spec.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)]))
+        else:
+            raise entry.error("classes", f"class {ivalue}: expected a name or {{name, color}}")
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
+            raise entry.error(
+                "classes", f"class '{name}': colour {color!r} is not #RRGGBB", "write e.g. '#33a02c'"
+            )
+        classes.append(ClassInfo(ivalue, name, color))
+    return classes
+
+
+@dataclass
+class ImageryEntry(Entry):
+    """Imagery: GeoTIFF or any GDAL raster, by file, folder or glob."""
+
+    kind: ClassVar[str] = "imagery"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "paths": (False, "file, folder or glob, or a list of them (or use band_files)"),
+        "bands": (True, "band names in file order (their count is checked against the files)"),
+        "band_files": (False, "one file per band: a pattern with {band}, e.g. 'B{band}.tif'"),
+        "rgb": (False, "names of the red, green and blue bands, for quick-looks"),
+        "nodata": (False, "nodata value (defaults to the files' own)"),
+        "date": (False, "acquisition date, YYYY-MM-DD"),
+        "date_pattern": (False, "regex with a (?P<date>...) group matched on file names"),
+        "date_format": (False, "strptime format of the date group (default %Y%m%d)"),
+        "crs": (False, "CRS to warp to, e.g. EPSG:32633 (default: the first file's)"),
+        "res": (False, "resolution to warp to, in CRS units (default: the first file's)"),
+        "assign_crs": (False, "CRS to assume for files that carry none or a wrong one"),
+        "stats": (False, "per-band normalisation statistics (written by `catalog stats`)"),
+    }
+
+    paths: list[str] = field(default_factory=list)
+    bands: list[str] = field(default_factory=list)
+    band_files: str | None = None
+    rgb: list[str] = field(default_factory=list)
+    nodata: float | None = None
+    date: dt.date | None = None
+    date_pattern: str | None = None
+    date_format: str = "%Y%m%d"
+    crs: str | None = None
+    res: float | None = None
+    assign_crs: str | None = None
+    stats: dict[str, list[float]] | None = None
+
+    def files(self) -> list[Path]:
+        """All raster files of this entry (with ``band_files``: every band's files)."""
+        if self.band_files:
+            return [f for group in self.band_file_groups() for f in group]
+        return self.resolve_paths(self.paths, "paths", RASTER_SUFFIXES)
+
+    def band_file_groups(self) -> list[list[Path]]:
+        """With ``band_files``: the files of each band, in band order."""
+        assert self.band_files is not None
+        groups = [
+            self.resolve_paths([self.band_files.replace("{band}", b)], "band_files", RASTER_SUFFIXES)
+            for b in self.bands
+        ]
+        counts = {len(g) for g in groups}
+        if len(counts) != 1:
+            raise self.error(
+                "band_files",
+                f"bands have different numbers of files: {dict(zip(self.bands, map(len, groups)))}",
+                "every band needs one file per scene",
+            )
+        return groups
+
+
+@dataclass
+class RasterLabelsEntry(Entry):
+    """Raster labels: class-value masks, or one binary mask per class."""
+
+    kind: ClassVar[str] = "raster_labels"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "paths": (False, "mask rasters holding class values (or use class_masks)"),
+        "class_masks": (False, "value: file of a binary mask (non-zero = this class)"),
+        "classes": (True, "value: name or value: {name, color}"),
+        "ignore_value": (False, "value of unlabelled pixels (default: the files' nodata)"),
+        "align_with": (False, "imagery entry whose grid these un-georeferenced masks share"),
+        "assign_crs": (False, "CRS to assume for files that carry none or a wrong one"),
+    }
+
+    paths: list[str] = field(default_factory=list)
+    class_masks: dict[int, str] = field(default_factory=dict)
+    classes: list[ClassInfo] = field(default_factory=list)
+    ignore_value: int | None = None
+    align_with: str | None = None
+    assign_crs: str | None = None
+
+    def files(self) -> list[Path]:
+        if self.class_masks:
+            return self.resolve_paths(list(self.class_masks.values()), "class_masks", RASTER_SUFFIXES)
+        return self.resolve_paths(self.paths, "paths", RASTER_SUFFIXES)
+
+    def referenced_entries(self) -> list[str]:
+        return [self.align_with] if self.align_with else []
+
+
+@dataclass
+class VectorLabelsEntry(Entry):
+    """Vector labels: polygons, points or boxes in GPKG / GeoJSON / Shapefile."""
+
+    kind: ClassVar[str] = "vector_labels"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "paths": (True, "vector file(s): GPKG, GeoJSON, Shapefile, FlatGeobuf"),
+        "layer": (False, "layer name inside a multi-layer file (GPKG)"),
+        "class_attribute": (False, "attribute holding the class (omit for a single class)"),
+        "classes": (False, "value: name or value: {name, color} (default: values found)"),
+        "geometry": (False, "polygons, points or boxes (default: from the file)"),
+    }
+
+    paths: list[str] = field(default_factory=list)
+    layer: str | None = None
+    class_attribute: str | None = None
+    classes: list[ClassInfo] = field(default_factory=list)
+    geometry: str | None = None
+
+    def files(self) -> list[Path]:
+        return self.resolve_paths(self.paths, "paths", VECTOR_SUFFIXES)
+
+
+@dataclass
+class BitemporalEntry(Entry):
+    """Two imagery entries of one area at two dates, with optional change labels."""
+
+    kind: ClassVar[str] = "bitemporal"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "before": (True, "imagery entry of the first date"),
+        "after": (True, "imagery entry of the second date"),
+        "change_labels": (False, "raster_labels or vector_labels entry of the change"),
+    }
+
+    before: str = ""
+    after: str = ""
+    change_labels: str | None = None
+
+    def referenced_entries(self) -> list[str]:
+        return [n for n in (self.before, self.after, self.change_labels) if n]
+
+
+@dataclass
+class ImageFolderEntry(Entry):
+    """A folder-per-class tree of plain images (UC Merced style) for scene classification."""
+
+    kind: ClassVar[str] = "image_folder"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "root": (True, "folder holding one sub-folder per class"),
+        "extensions": (False, "image file endings to read (default: common image types)"),
+        "classes": (False, "class names in label order (default: sorted sub-folder names)"),
+    }
+
+    root: str = ""
+    extensions: list[str] = field(default_factory=lambda: list(IMAGE_SUFFIXES))
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def root_path(self) -> Path:
+        root = Path(self.root).expanduser()
+        return root if root.is_absolute() else self.base_dir / root
+
+
+ENTRY_KINDS: dict[str, type[Entry]] = {
+    cls.kind: cls
+    for cls in (ImageryEntry, RasterLabelsEntry, VectorLabelsEntry, BitemporalEntry, ImageFolderEntry)
+}
+
+
+def _parse_date(entry: Entry, value: Any) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise entry.error("date", f"{value!r} is not a date", "write it as YYYY-MM-DD") from None
+
+
+def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Entry:
+    """Build a typed entry from a parsed YAML mapping, rejecting unknown keys and bad values."""
+    where = f"catalog entry '{name}'" + (f" ({source})" if source else "")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, "expected a mapping of keys (kind: ..., paths: ...)")
+    kind = raw.get("kind")
+    if kind not in ENTRY_KINDS:
+        raise ConfigError(
+            where + ", key 'kind'",
+            f"unknown or missing kind {kind!r}{did_you_mean(str(kind), ENTRY_KINDS)}",
+            f"use one of: {', '.join(ENTRY_KINDS)}",
+        )
+    cls = ENTRY_KINDS[kind]
+    for key in raw:
+        if key not in cls.KEYS:
+            raise ConfigError(
+                where,
+                f"unknown key '{key}' for a {kind} entry{did_you_mean(str(key), cls.KEYS)}",
+                f"valid keys: {', '.join(cls.KEYS)}",
+            )
+    for key, (required, help_text) in cls.KEYS.items():
+        if required and raw.get(key) in (None, "", []):
+            raise ConfigError(where, f"required key '{key}' is missing", f"add '{key}': {help_text}")
+    name = str(raw.get("name") or name)
+    entry = cls(name=name, source=source, base_dir=base_dir, description=str(raw.get("description", "")))
+    values = {k: v for k, v in raw.items() if k not in Entry.KEYS}
+
+    if isinstance(entry, ImageryEntry):
+        entry.paths = [str(p) for p in _as_list(values.get("paths"))]
+        bands = values["bands"]
+        if isinstance(bands, int):
+            bands = [f"b{i + 1}" for i in range(bands)]
+        entry.bands = [str(b) for b in _as_list(bands)]
+        if len(set(entry.bands)) != len(entry.bands):
+            raise entry.error("bands", "band names repeat", "give each band a distinct name")
+        entry.band_files = values.get("band_files")
+        if entry.band_files is not None and "{band}" not in str(entry.band_files):
+            raise entry.error("band_files", "the pattern has no {band} placeholder", "e.g. 'B{band}.tif'")
+        if bool(entry.paths) == bool(entry.band_files):
+            raise entry.error(None, "give exactly one of 'paths' or 'band_files'")
+        entry.rgb = [str(b) for b in _as_list(values.get("rgb"))]
+        missing = [b for b in entry.rgb if b not in entry.bands]
+        if missing or (entry.rgb and len(entry.rgb) != 3):
+            raise entry.error("rgb", f"expected 3 of the entry's bands {entry.bands}, got {entry.rgb}")
+        entry.nodata = None if values.get("nodata") is None else float(values["nodata"])
+        entry.date = None if values.get("date") is None else _parse_date(entry, values["date"])
+        entry.date_pattern = values.get("date_pattern")
+        if entry.date_pattern is not None and "(?P<date>" not in entry.date_pattern:
+            raise entry.error("date_pattern", "the regex has no (?P<date>...) group")
+        entry.date_format = str(values.get("date_format", "%Y%m%d"))
+        entry.crs = values.get("crs")
+        entry.res = None if values.get("res") is None else float(values["res"])
+        entry.assign_crs = values.get("assign_crs")
+        entry.stats = values.get("stats")
+    elif isinstance(entry, RasterLabelsEntry):
+        entry.paths = [str(p) for p in _as_list(values.get("paths"))]
+        entry.class_masks = {int(k): str(v) for k, v in (values.get("class_masks") or {}).items()}
+        if bool(entry.paths) == bool(entry.class_masks):
+            raise entry.error(None, "give exactly one of 'paths' or 'class_masks'")
+        entry.classes = _parse_classes(entry, values.get("classes"))
+        entry.ignore_value = values.get("ignore_value")
+        entry.align_with = values.get("align_with")
+        entry.assign_crs = values.get("assign_crs")
+    elif isinstance(entry, VectorLabelsEntry):
+        entry.paths = [str(p) for p in _as_list(values.get("paths"))]
+        entry.layer = values.get("layer")
+        entry.class_attribute = values.get("class_attribute")
+        entry.classes = _parse_classes(entry, values.get("classes"))
+        entry.geometry = values.get("geometry")
+        if entry.geometry not in (None, "polygons", "points", "boxes"):
+            raise entry.error("geometry", f"{entry.geometry!r} is not polygons, points or boxes")
+    elif isinstance(entry, BitemporalEntry):
+        entry.before = str(values["before"])
+        entry.after = str(values["after"])
+        entry.change_labels = values.get("change_labels")
+    elif isinstance(entry, ImageFolderEntry):
+        entry.root = str(values["root"])
+        if "extensions" in values:
+            entry.extensions = [str(e).lower() for e in _as_list(values["extensions"])]
+        entry.classes = [str(c) for c in _as_list(values.get("classes"))]
+    return entry

@@ -1,0 +1,189 @@
+"""Check a catalog entry against its files before anything reads pixels.
+
+``validate_entry`` opens headers only, so it is cheap enough to run before every command: files
+exist and are readable rasters/vectors, band counts match the declaration, georeferencing is
+present (or supplied by the entry), class attributes exist, and bitemporal dates overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyogrio
+import shapely
+from rasterio.warp import transform_bounds
+
+from geocmid.data.catalog.schema import (
+    BitemporalEntry,
+    Entry,
+    ImageFolderEntry,
+    ImageryEntry,
+    RasterLabelsEntry,
+    VectorLabelsEntry,
+)
+from geocmid.data.catalog.store import Catalog
+from geocmid.data.rasters import RasterInfo, parse_crs, raster_info
+from geocmid.errors import ConfigError, DataError, did_you_mean
+
+
+@dataclass
+class EntryReport:
+    """What validation learnt about an entry (used by `catalog show`)."""
+
+    entry: Entry
+    rasters: list[RasterInfo] = field(default_factory=list)
+    vector_info: list[dict] = field(default_factory=list)
+    image_counts: dict[str, int] = field(default_factory=dict)
+
+
+def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
+    infos = [raster_info(f) for f in entry.files()]
+    expected = 1 if entry.band_files else len(entry.bands)
+    for info in infos:
+        if info.count != expected:
+            declared = ", ".join(entry.bands)
+            raise DataError(
+                str(info.path),
+                f"has {info.count} band(s), but {entry.where} declares {expected}"
+                + ("" if entry.band_files else f" ({declared})"),
+                "list one name per band of the file in 'bands', in file order",
+            )
+        if not info.georeferenced and entry.assign_crs is None:
+            raise DataError(
+                str(info.path),
+                "has no CRS or georeferencing",
+                "set 'assign_crs' in the entry if only the CRS is missing, or georeference the file",
+            )
+    parse_crs(entry.crs, f"{entry.where}, key 'crs'")
+    parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'")
+    return infos
+
+
+def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) -> list[RasterInfo]:
+    infos = [raster_info(f) for f in entry.files()]
+    for info in infos:
+        if info.count != 1:
+            raise DataError(str(info.path), f"label rasters need 1 band, this one has {info.count}")
+    if entry.align_with:
+        if catalog is None:
+            raise entry.error("align_with", "needs a catalog to look the imagery entry up")
+        reference = catalog.get_kind(entry.align_with, ImageryEntry, f"{entry.where}, key 'align_with'")
+        ref = raster_info(reference.files()[0])
+        for info in infos:
+            if (info.width, info.height) != (ref.width, ref.height):
+                raise DataError(
+                    str(info.path),
+                    f"is {info.width}x{info.height} pixels but '{reference.name}' is "
+                    f"{ref.width}x{ref.height}, so it cannot share its grid",
+                    "align_with only works for masks pixel-aligned with the imagery",
+                )
+    else:
+        for info in infos:
+            if not info.georeferenced and entry.assign_crs is None:
+                raise DataError(
+                    str(info.path),
+                    "has no CRS or georeferencing",
+                    "set 'align_with: IMAGERY_ENTRY' if it is pixel-aligned with that imagery",
+                )
+    if not entry.classes:
+        raise entry.error("classes", "no classes declared", "add classes: {value: name, ...}")
+    return infos
+
+
+def validate_vector_labels(entry: VectorLabelsEntry) -> list[dict]:
+    infos = []
+    for path in entry.files():
+        try:
+            info = pyogrio.read_info(path, layer=entry.layer)
+        except Exception as error:  # pyogrio raises several DataSource/Layer error types
+            raise DataError(
+                str(path), f"cannot be read as a vector file ({error})", "check the file and 'layer'"
+            ) from None
+        fields = list(info["fields"])
+        if entry.class_attribute and entry.class_attribute not in fields:
+            raise DataError(
+                str(path),
+                f"has no attribute '{entry.class_attribute}'"
+                f"{did_you_mean(entry.class_attribute, fields)}; its attributes are {fields}",
+                f"set 'class_attribute' in {entry.where} to the attribute holding the class",
+            )
+        if not info.get("crs"):
+            raise DataError(str(path), "has no CRS", "assign one in QGIS or with ogr2ogr -a_srs")
+        infos.append({"path": path, **info})
+    return infos
+
+
+def footprint_in(info: RasterInfo, crs) -> shapely.Polygon:
+    """The bounding box of ``info`` expressed in ``crs``."""
+    return shapely.box(*transform_bounds(info.crs, crs, *info.bounds, densify_pts=21))
+
+
+def validate_bitemporal(entry: BitemporalEntry, catalog: Catalog) -> list[RasterInfo]:
+    catalog.check_references(entry)
+    before = catalog.get_kind(entry.before, ImageryEntry)
+    after = catalog.get_kind(entry.after, ImageryEntry)
+    before_infos, after_infos = validate_imagery(before), validate_imagery(after)
+    if len(before.bands) != len(after.bands):
+        raise entry.error(
+            None,
+            f"'{before.name}' has {len(before.bands)} bands but '{after.name}' has {len(after.bands)}",
+            "both dates need the same bands in the same order",
+        )
+    crs = parse_crs(before.crs, before.where) or before_infos[0].crs
+    a = shapely.union_all([footprint_in(i, crs) for i in before_infos])
+    b = shapely.union_all([footprint_in(i, crs) for i in after_infos])
+    if not a.intersects(b) or a.intersection(b).area == 0:
+        raise DataError(
+            entry.where,
+            f"the dates do not overlap: '{before.name}' covers {tuple(round(v) for v in a.bounds)} "
+            f"and '{after.name}' covers {tuple(round(v) for v in b.bounds)} (in {crs.to_string()})",
+            "pair two scenes of the same area",
+        )
+    if entry.change_labels:
+        validate(catalog.get(entry.change_labels), catalog)
+    return before_infos + after_infos
+
+
+def validate_image_folder(entry: ImageFolderEntry) -> dict[str, int]:
+    root = entry.root_path
+    if not root.is_dir():
+        raise entry.error("root", f"folder not found: {root}", "point 'root' at the class folders")
+    exts = tuple(e.lower() for e in entry.extensions)
+    counts = {
+        d.name: sum(1 for f in d.iterdir() if f.suffix.lower() in exts)
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+    }
+    if not counts:
+        raise entry.error("root", f"{root} has no class sub-folders", "make one folder per class")
+    for name in entry.classes:
+        if name not in counts:
+            raise entry.error("classes", f"no folder for class '{name}'{did_you_mean(name, counts)}")
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise entry.error(
+            "root", f"class folder(s) {empty} hold no {', '.join(exts)} image", "check 'extensions'"
+        )
+    return counts
+
+
+def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
+    """Validate ``entry`` (and what it refers to); raise a :class:`GeocmidError` if unusable."""
+    report = EntryReport(entry)
+    if isinstance(entry, ImageryEntry):
+        report.rasters = validate_imagery(entry)
+    elif isinstance(entry, RasterLabelsEntry):
+        report.rasters = validate_raster_labels(entry, catalog)
+    elif isinstance(entry, VectorLabelsEntry):
+        report.vector_info = validate_vector_labels(entry)
+    elif isinstance(entry, BitemporalEntry):
+        if catalog is None:
+            raise ConfigError(entry.where, "bitemporal entries need the catalog they live in")
+        report.rasters = validate_bitemporal(entry, catalog)
+    elif isinstance(entry, ImageFolderEntry):
+        report.image_counts = validate_image_folder(entry)
+    return report
+
+
+
+__all__ = ["EntryReport", "validate", "validate_imagery"]

@@ -1,0 +1,266 @@
+"""Lightning datamodules over catalog entries: pretraining chips, supervised splits, prediction.
+
+Sampling is rank-aware by construction (each rank seeds its own sampler), so trainers must run
+with ``use_distributed_sampler=False``; Lightning would otherwise re-split each rank's chips.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+from torchgeo.datasets import GeoDataset, IntersectionDataset
+from torchgeo.datasets.utils import stack_samples
+from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
+
+from geocmid.data.catalog import (
+    BitemporalEntry,
+    Catalog,
+    ImageryEntry,
+    RasterLabelsEntry,
+    VectorLabelsEntry,
+)
+from geocmid.data.datasets import (
+    ClassLookup,
+    bitemporal_dataset,
+    imagery_dataset,
+    raster_labels_dataset,
+    vector_labels_dataset,
+)
+from geocmid.data.sampling import (
+    FixedSampler,
+    NodataRejectingDataset,
+    rank_and_world_size,
+    rank_seed,
+    spatial_split_regions,
+)
+from geocmid.data.stats import Normalize, compute_stats
+from geocmid.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def entry_normalizer(entry: ImageryEntry) -> Normalize:
+    """Normalisation from the entry's stored statistics (computed now, with a warning, if none)."""
+    if not entry.stats:
+        log.warning(
+            "%s has no statistics; estimating them now. Store them once with "
+            "`geocmid catalog stats %s`.", entry.where, entry.name,
+        )  # fmt: skip
+        entry.stats = compute_stats(entry)
+    return Normalize(entry.stats["mean"], entry.stats["std"])
+
+
+def _loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: Any) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=stack_samples,
+        persistent_workers=num_workers > 0,
+        **kw,
+    )
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Unlabelled chips from one imagery entry for self-supervised pretraining.
+
+    Args:
+        entry: imagery entry name (or YAML path) in ``catalog``.
+        catalog: catalog folder.
+        chip_size: chip edge in pixels.
+        batch_size: chips per batch on each rank.
+        chips_per_epoch: chips per epoch over all ranks together.
+        num_workers: data-loading processes per rank.
+        max_nodata: chips with a larger nodata fraction (0-1) are replaced by new draws.
+        seed: sampling seed (each rank derives its own from it).
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        catalog: str | Path | None = None,
+        chip_size: int = 224,
+        batch_size: int = 16,
+        chips_per_epoch: int = 1024,
+        num_workers: int = 0,
+        max_nodata: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.catalog = Catalog(catalog)
+        self.entry = self.catalog.get_kind(entry, ImageryEntry)
+        self.dataset: GeoDataset | None = None
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.entry.bands)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            normalize = entry_normalizer(self.entry)
+            self.dataset = imagery_dataset(self.entry, transforms=normalize)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        _, world = rank_and_world_size()
+        sampler = RandomPatchSampler(
+            self.dataset,
+            size=hp.chip_size,
+            length=max(hp.batch_size, hp.chips_per_epoch // world),
+            generator=rank_seed(hp.seed),
+        )
+        chips = NodataRejectingDataset(self.dataset, hp.chip_size, hp.max_nodata, hp.seed)
+        return _loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
+
+
+class SupervisedGeoDataModule(L.LightningDataModule):
+    """Imagery + labels with spatially disjoint train / val / test regions.
+
+    ``labels`` is a raster_labels or vector_labels entry (masks), or omitted when ``entry`` is a
+    bitemporal entry carrying its own change labels. Masks are mapped to class indices
+    ``0..K-1``, unlabelled pixels to ``IGNORE_INDEX`` (255).
+
+    Args:
+        entry: imagery or bitemporal entry.
+        labels: label entry (not needed for a bitemporal entry with change labels).
+        catalog: catalog folder.
+        chip_size: chip edge in pixels.
+        batch_size: chips per batch.
+        split: area fractions of train, val and test.
+        block_size: edge of the split blocks, in chips (blocks are dealt to splits).
+        chips_per_epoch: training chips per epoch; val/test use fixed chips.
+        num_workers: data-loading processes.
+        seed: seed of the split and of the sampling.
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        labels: str | None = None,
+        catalog: str | Path | None = None,
+        chip_size: int = 128,
+        batch_size: int = 8,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        block_size: float = 2.0,
+        chips_per_epoch: int = 256,
+        eval_chips: int = 64,
+        num_workers: int = 0,
+        max_nodata: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.catalog = Catalog(catalog)
+        self.dataset: GeoDataset | None = None
+        self.regions: list[Any] = []
+        self.lookup: ClassLookup | None = None
+
+    def _build(self) -> GeoDataset:
+        hp = self.hparams
+        entry = self.catalog.get(hp.entry)
+        if isinstance(entry, BitemporalEntry):
+            before = self.catalog.get_kind(entry.before, ImageryEntry)
+            if entry.change_labels is None:
+                raise ConfigError(entry.where, "no change_labels to train on", "add change_labels")
+            label_entry = self.catalog.get(entry.change_labels)
+            dataset = bitemporal_dataset(entry, self.catalog, transforms=self._transform(before))
+            ignore = ignore_value_of(dataset.labels, label_entry)
+            self.lookup = ClassLookup(label_entry.classes, ignore, label_entry.where)
+            return dataset
+        image_entry = self.catalog.get_kind(hp.entry, ImageryEntry)
+        if hp.labels is None:
+            raise ConfigError(image_entry.where, "needs a label entry", "pass labels=ENTRY")
+        image = imagery_dataset(image_entry, transforms=entry_normalizer(image_entry))
+        label_entry = self.catalog.get(hp.labels)
+        if isinstance(label_entry, RasterLabelsEntry):
+            labels = raster_labels_dataset(label_entry, self.catalog, crs=image.crs, res=image.res)
+        elif isinstance(label_entry, VectorLabelsEntry):
+            labels = vector_labels_dataset(label_entry, crs=image.crs, res=image.res)
+        else:
+            raise ConfigError(label_entry.where, f"a {label_entry.kind} entry cannot be labels")
+        self.lookup = ClassLookup(label_entry.classes, ignore_value_of(labels, label_entry), label_entry.where)
+        return IntersectionDataset(image, labels, transforms=self._map_mask)
+
+    def _transform(self, image_entry: ImageryEntry) -> Any:
+        normalize = entry_normalizer(image_entry)
+
+        def transform(sample: dict[str, Any]) -> dict[str, Any]:
+            return self._map_mask(normalize(sample))
+
+        return transform
+
+    def _map_mask(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if "mask" in sample and self.lookup is not None:
+            mask = self.lookup(sample["mask"])
+            if "valid" in sample:
+                mask[~sample["valid"]] = 255
+            sample["mask"] = mask
+        return sample
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        hp = self.hparams
+        self.dataset = self._build()
+        footprint = self.dataset.index.geometry.union_all()
+        block = hp.block_size * hp.chip_size * self.dataset.res[0]
+        self.regions = spatial_split_regions(footprint, hp.split, block, hp.seed)
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        assert self.lookup is not None
+        return len(self.lookup.classes)
+
+    def _sampler(self, split: int, length: int, seed: int) -> RandomPatchSampler:
+        return RandomPatchSampler(
+            self.dataset, size=self.hparams.chip_size, length=length, roi=self.regions[split],
+            generator=seed,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        _, world = rank_and_world_size()
+        sampler = self._sampler(0, max(hp.batch_size, hp.chips_per_epoch // world), rank_seed(hp.seed))
+        return _loader(self.dataset, sampler, hp.batch_size, hp.num_workers, drop_last=True)
+
+    def _eval_loader(self, split: int) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        queries = list(self._sampler(split, hp.eval_chips, hp.seed + split))
+        return _loader(self.dataset, FixedSampler(queries), hp.batch_size, hp.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(2)
+
+
+def ignore_value_of(labels: GeoDataset, entry: RasterLabelsEntry | VectorLabelsEntry) -> float | None:
+    """The label value meaning "unlabelled" for a label dataset.
+
+    Raster labels: ``ignore_value`` or the files' nodata. Vector labels: pixels outside every
+    feature burn as 0, which is unlabelled unless 0 is a declared class.
+    """
+    if isinstance(entry, VectorLabelsEntry):
+        return None if any(c.value == 0 for c in entry.classes) else 0
+    if entry.ignore_value is not None:
+        return entry.ignore_value
+    return getattr(labels, "ignore_value", None) or getattr(labels, "nodata_value", None)
+
+
+def prediction_sampler(dataset: GeoDataset, size: int, overlap: int) -> GriddedPatchSampler:
+    """Overlapping windows over the whole dataset (stride = size - overlap pixels)."""
+    if not 0 <= overlap < size:
+        raise ConfigError("overlap", f"must be in [0, {size}), got {overlap}")
+    return GriddedPatchSampler(dataset, size=size, stride=size - overlap)

@@ -1,0 +1,163 @@
+"""Catalog entries → TorchGeo datasets, validated first so failures are plain-worded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from rasterio.crs import CRS as RIO_CRS
+
+from geocmid.data.catalog import (
+    BitemporalEntry,
+    Catalog,
+    Entry,
+    ImageFolderEntry,
+    ImageryEntry,
+    RasterLabelsEntry,
+    VectorLabelsEntry,
+    validate,
+)
+from geocmid.data.datasets.bitemporal import BitemporalDataset
+from geocmid.data.datasets.folder import ImageFolderDataset
+from geocmid.data.datasets.labels import ClassMaskDataset, CatalogVectorDataset
+from geocmid.data.datasets.raster import CatalogRasterDataset, band_regex_from_pattern
+from geocmid.data.rasters import open_raster, parse_crs
+from geocmid.errors import ConfigError
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def imagery_dataset(
+    entry: ImageryEntry,
+    *,
+    crs: Any = None,
+    res: float | tuple[float, float] | None = None,
+    transforms: Transform | None = None,
+    check: bool = True,
+) -> CatalogRasterDataset:
+    """A :class:`CatalogRasterDataset` over an imagery entry (warped to ``crs``/``res`` if given)."""
+    if check:
+        validate(entry)
+    crs = crs or parse_crs(entry.crs, f"{entry.where}, key 'crs'")
+    files = entry.band_file_groups()[0] if entry.band_files else entry.files()
+    return CatalogRasterDataset(
+        files,
+        bands=entry.bands,
+        crs=crs,
+        res=res or entry.res,
+        nodata=entry.nodata,
+        is_image=True,
+        band_regex=band_regex_from_pattern(entry.band_files) if entry.band_files else None,
+        date_regex=entry.date_pattern,
+        date_format=entry.date_format,
+        date=pd.Timestamp(entry.date) if entry.date else None,
+        assign_crs=parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
+        transforms=transforms,
+    )
+
+
+def _reference_grid(entry: RasterLabelsEntry, catalog: Catalog | None) -> tuple[RIO_CRS, Any] | None:
+    if not entry.align_with or catalog is None:
+        return None
+    reference = catalog.get_kind(entry.align_with, ImageryEntry)
+    with open_raster(reference.files()[0]) as src:
+        crs = parse_crs(reference.assign_crs, reference.where) or src.crs
+        return crs, src.transform
+
+
+def raster_labels_dataset(
+    entry: RasterLabelsEntry,
+    catalog: Catalog | None = None,
+    *,
+    crs: Any = None,
+    res: float | tuple[float, float] | None = None,
+    check: bool = True,
+) -> CatalogRasterDataset:
+    """Raster labels as a mask dataset (``mask`` key holds the raw class values)."""
+    if check:
+        validate(entry, catalog)
+    common: dict[str, Any] = {
+        "crs": crs,
+        "res": res,
+        "assign_crs": parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
+        "reference_grid": _reference_grid(entry, catalog),
+    }
+    if entry.class_masks:
+        ignore = 255 if entry.ignore_value is None else int(entry.ignore_value)
+        files = dict(zip(entry.class_masks, entry.files(), strict=True))
+        return ClassMaskDataset(files, ignore_value=ignore, **common)
+    return CatalogRasterDataset(
+        entry.files(), bands=["mask"], is_image=False, nodata=entry.ignore_value, **common
+    )
+
+
+def vector_labels_dataset(
+    entry: VectorLabelsEntry,
+    *,
+    crs: Any,
+    res: float | tuple[float, float],
+    task: str = "semantic_segmentation",
+    check: bool = True,
+) -> CatalogVectorDataset:
+    """Vector labels rasterised on the fly onto ``crs``/``res`` (use the imagery's)."""
+    if check:
+        validate(entry)
+    return CatalogVectorDataset(
+        entry.files(),
+        crs=crs,
+        res=res,
+        label_name=entry.class_attribute,
+        task=task,
+        layer=entry.layer,
+    )
+
+
+def bitemporal_dataset(
+    entry: BitemporalEntry, catalog: Catalog, transforms: Transform | None = None
+) -> BitemporalDataset:
+    """Both dates on the first date's grid (CRS and resolution), with change labels if any."""
+    validate(entry, catalog)
+    before = imagery_dataset(catalog.get_kind(entry.before, ImageryEntry), check=False)
+    after = imagery_dataset(
+        catalog.get_kind(entry.after, ImageryEntry), crs=before.crs, res=before.res, check=False
+    )
+    labels = None
+    if entry.change_labels:
+        label_entry = catalog.get(entry.change_labels)
+        if isinstance(label_entry, RasterLabelsEntry):
+            labels = raster_labels_dataset(
+                label_entry, catalog, crs=before.crs, res=before.res, check=False
+            )
+        elif isinstance(label_entry, VectorLabelsEntry):
+            labels = vector_labels_dataset(label_entry, crs=before.crs, res=before.res, check=False)
+    return BitemporalDataset(before, after, labels, transforms=transforms, name=entry.where)
+
+
+def image_folder_dataset(
+    entry: ImageFolderEntry, transforms: Transform | None = None
+) -> ImageFolderDataset:
+    validate(entry)
+    return ImageFolderDataset(
+        entry.root_path,
+        classes=entry.classes or None,
+        extensions=tuple(entry.extensions),
+        transforms=transforms,
+    )
+
+
+def dataset_from_entry(entry: Entry, catalog: Catalog | None = None, **kwargs: Any) -> Any:
+    """The natural TorchGeo dataset of any entry (vector labels need ``crs`` and ``res``)."""
+    if isinstance(entry, ImageryEntry):
+        return imagery_dataset(entry, **kwargs)
+    if isinstance(entry, RasterLabelsEntry):
+        return raster_labels_dataset(entry, catalog, **kwargs)
+    if isinstance(entry, VectorLabelsEntry):
+        return vector_labels_dataset(entry, **kwargs)
+    if isinstance(entry, BitemporalEntry):
+        if catalog is None:
+            raise ConfigError(entry.where, "bitemporal entries need their catalog")
+        return bitemporal_dataset(entry, catalog, **kwargs)
+    if isinstance(entry, ImageFolderEntry):
+        return image_folder_dataset(entry, **kwargs)
+    raise ConfigError(entry.where, f"no dataset for kind {entry.kind}")

@@ -1,0 +1,200 @@
+"""Catalog imagery and raster labels as TorchGeo :class:`RasterDataset` objects.
+
+:class:`CatalogRasterDataset` adds three things to TorchGeo's reader:
+
+* a **fast path**: a chip that lies inside one file already on the dataset's grid is read
+  with one windowed read into a nodata-filled array, instead of going through
+  ``rasterio.merge`` (which builds per-call VRTs and copies; see ``benchmarks/bench_chips.py``);
+* files with a missing or wrong CRS (``assign_crs``) or no georeferencing at all
+  (``reference_grid``: borrowed from the imagery they are pixel-aligned with);
+* a ``valid`` mask (``[H, W]`` bool, False where all bands are nodata) in every sample.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from affine import Affine
+from pyproj import CRS as PROJ_CRS
+from rasterio.crs import CRS as RIO_CRS
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from torch import Tensor
+from torchgeo.datasets import RasterDataset
+from torchgeo.datasets.utils import GeoSlice, array_to_tensor
+
+from geocmid.errors import DataError
+
+Sample = dict[str, Any]
+#: Tolerance, in pixels, for calling a chip "on the file's grid".
+GRID_TOLERANCE = 1e-3
+
+
+class CatalogRasterDataset(RasterDataset):
+    """A :class:`RasterDataset` over an explicit list of files.
+
+    Args:
+        files: raster files (for ``band_regex`` layouts: the first band's files).
+        bands: band names in file order (or the ``{band}`` values of a one-file-per-band layout).
+        crs: CRS to warp to (default: the first file's).
+        res: resolution to warp to, in CRS units (default: the first file's).
+        nodata: nodata value overriding the files' own (default: the files' own).
+        is_image: True for imagery (``image`` key, float32), False for masks (``mask``, long).
+        band_regex: for one file per band, a filename regex with a ``(?P<band>...)`` group.
+        date_regex: filename regex with a ``(?P<date>...)`` group, parsed with ``date_format``.
+        date_format: strptime format of the date group.
+        date: acquisition date used when file names carry none.
+        assign_crs: CRS to assume for every file (files that carry none or a wrong one).
+        reference_grid: (crs, transform) for files with no georeferencing at all.
+        transforms: applied to each sample after reading.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        *,
+        bands: Sequence[str],
+        crs: PROJ_CRS | RIO_CRS | str | None = None,
+        res: float | tuple[float, float] | None = None,
+        nodata: float | None = None,
+        is_image: bool = True,
+        band_regex: str | None = None,
+        date_regex: str | None = None,
+        date_format: str = "%Y%m%d",
+        date: pd.Timestamp | None = None,
+        assign_crs: RIO_CRS | None = None,
+        reference_grid: tuple[RIO_CRS, Affine] | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ) -> None:
+        self.all_bands = tuple(bands)
+        self.is_image = is_image
+        self.nodata = nodata
+        self.separate_files = band_regex is not None
+        self.filename_glob = "*"
+        self.filename_regex = band_regex or date_regex or ".*"
+        self.date_format = date_format
+        if date is not None:
+            self.mint, self.maxt = date, date + pd.Timedelta(days=1) - pd.Timedelta(1)
+        self.assign_crs = assign_crs
+        self.reference_grid = reference_grid
+        self.post_transforms = transforms
+        if isinstance(crs, str | RIO_CRS):
+            crs = PROJ_CRS.from_user_input(str(crs) if isinstance(crs, RIO_CRS) else crs)
+        super().__init__(
+            paths=[str(f) for f in files], crs=crs, res=res, bands=list(bands), cache=True
+        )
+        self._rio_crs = RIO_CRS.from_wkt(self.crs.to_wkt())
+        self.nodata_value = nodata if nodata is not None else self._first_nodata()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _first_nodata(self) -> float | None:
+        with rasterio.open(self.index.filepath.iloc[0]) as src:
+            return src.nodata
+
+    def _load_warp_file(self, filepath: Path, crs: Any = None) -> DatasetReader | WarpedVRT:
+        if self.assign_crs is None and self.reference_grid is None:
+            return super()._load_warp_file(filepath, crs)
+        src = rasterio.open(filepath)
+        src_crs, src_transform = src.crs, src.transform
+        if self.reference_grid is not None:
+            src_crs, src_transform = self.reference_grid
+        if self.assign_crs is not None:
+            src_crs = self.assign_crs
+        has_index = hasattr(self, "index")
+        dst_crs = RIO_CRS.from_user_input(crs or self.crs) if crs or has_index else src_crs
+        dst_transform, width, height, _ = self._compute_affine_warp_grid(
+            src_crs, src_transform, src.width, src.height, dst_crs
+        )
+        if src_crs == dst_crs:
+            dst_transform, width, height = src_transform, src.width, src.height
+        extra = {"src_nodata": self.nodata} if self.nodata is not None else {}
+        return WarpedVRT(
+            src,
+            crs=dst_crs,
+            transform=dst_transform,
+            width=width,
+            height=height,
+            src_crs=src_crs,
+            src_transform=src_transform,
+            **extra,
+        )
+
+    def _merge_or_stack(
+        self,
+        filepaths: Sequence[str],
+        index: GeoSlice,
+        band_indexes: Sequence[int] | None = None,
+        out_crs: PROJ_CRS | None = None,
+    ) -> Tensor:
+        if len(filepaths) == 1 and not self.time_series:
+            handle = self._cached_load_warp_file(list(filepaths)[0], out_crs or self.crs)
+            data = self._read_on_grid(handle, index, band_indexes)
+            if data is not None:
+                return array_to_tensor(data)
+        return super()._merge_or_stack(filepaths, index, band_indexes, out_crs)
+
+    def _read_on_grid(
+        self,
+        src: DatasetReader | WarpedVRT,
+        index: GeoSlice,
+        band_indexes: Sequence[int] | None,
+    ) -> np.ndarray | None:
+        """One windowed read when the chip is on ``src``'s pixel grid, else None."""
+        x, y, _ = self._disambiguate_slice(index)
+        t = src.transform
+        if src.crs != self._rio_crs or t.b != 0 or t.d != 0:
+            return None
+        if not (math.isclose(x.step, t.a, rel_tol=1e-9) and math.isclose(y.step, -t.e, rel_tol=1e-9)):
+            return None
+        col = (x.start - t.c) / t.a
+        row = (t.f - y.stop) / -t.e
+        width = (x.stop - x.start) / x.step
+        height = (y.stop - y.start) / y.step
+        ints = [round(v) for v in (col, row, width, height)]
+        if any(abs(v - i) > GRID_TOLERANCE for v, i in zip((col, row, width, height), ints)):
+            return None
+        col, row, width, height = ints
+        indexes = list(band_indexes) if band_indexes else list(range(1, src.count + 1))
+        fill = self.nodata if self.nodata is not None else (src.nodata if src.nodata is not None else 0)
+        out = np.full((len(indexes), height, width), fill, dtype=src.dtypes[0])
+        # Clip the chip to the file; the part outside stays nodata (as rasterio.merge does).
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, src.width), min(row + height, src.height)
+        if c1 > c0 and r1 > r0:
+            window = Window(c0, r0, c1 - c0, r1 - r0)
+            src.read(indexes, window=window, out=out[:, r0 - row : r1 - row, c0 - col : c1 - col])
+        return out
+
+    def __getitem__(self, index: GeoSlice) -> Sample:
+        sample = super().__getitem__(index)
+        if self.is_image:
+            sample["valid"] = valid_mask(sample["image"], self.nodata_value)
+        if self.post_transforms is not None:
+            sample = self.post_transforms(sample)
+        return sample
+
+
+def valid_mask(image: Tensor, nodata: float | None) -> Tensor:
+    """``[H, W]`` bool: True where at least one band of ``image [C, H, W]`` holds data."""
+    invalid = torch.isnan(image).all(dim=-3)
+    if nodata is not None and not math.isnan(nodata):
+        invalid |= (image == nodata).all(dim=-3)
+    return ~invalid
+
+
+def band_regex_from_pattern(pattern: str) -> str:
+    """Turn a ``band_files`` pattern (``'lsat7_2000_{band}.tif'``) into a filename regex."""
+    name = Path(pattern).name
+    before, after = name.split("{band}", 1)
+    to_regex = lambda part: ".*".join(re.escape(p) for p in part.split("*"))  # noqa: E731
+    return f"^{to_regex(before)}(?P<band>.+?){to_regex(after)}$"

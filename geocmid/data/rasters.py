@@ -1,0 +1,74 @@
+"""Opening rasters with plain-worded errors, and reading their metadata cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import rasterio.errors
+from rasterio.crs import CRS
+from rasterio.io import DatasetReader
+
+from geocmid.errors import DataError
+
+
+def open_raster(path: str | Path) -> DatasetReader:
+    """Open a raster with rasterio, turning GDAL's failures into a :class:`DataError`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "file not found", "check the path in the catalog entry")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as error:
+        raise DataError(
+            str(path),
+            f"cannot be read as a raster ({error})",
+            "the file is corrupt, truncated or not a raster; re-export it (e.g. gdal_translate)",
+        ) from None
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What `catalog show` and the validators need to know about one raster file."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    res: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+    nodata: float | None
+    georeferenced: bool
+
+
+def raster_info(path: str | Path) -> RasterInfo:
+    """Read the header of one raster (no pixel data)."""
+    with open_raster(path) as src:
+        georeferenced = src.crs is not None and not src.transform.is_identity
+        return RasterInfo(
+            path=Path(path),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs,
+            res=(abs(src.res[0]), abs(src.res[1])),
+            bounds=tuple(src.bounds),
+            nodata=src.nodata,
+            georeferenced=georeferenced,
+        )
+
+
+def parse_crs(value: str | None, where: str) -> CRS | None:
+    """Parse a user-given CRS (``EPSG:32633``, WKT, PROJ string) with a clear error."""
+    if value is None:
+        return None
+    try:
+        return CRS.from_user_input(value)
+    except rasterio.errors.CRSError:
+        raise DataError(
+            where, f"{value!r} is not a known CRS", "use an EPSG code such as 'EPSG:32633'"
+        ) from None
