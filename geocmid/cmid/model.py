@@ -1,0 +1,262 @@
+"""The CMID model: masked student, EMA teacher, heads, queue and losses (spec §6).
+
+Typical use from a Lightning task::
+
+    model = CMIDModel("resnet50", in_chans=4, chip_size=224)
+    views = model.view_transform(rgb_indices=[0, 1, 2])  # on_after_batch_transfer
+    losses = model.forward_losses(views(batch), epoch)    # training_step → losses["loss"]
+    model.update_teacher(momentum_at(global_step, total_steps))  # on_train_batch_end, after step
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geocmid.cmid.ema import ema_update, teacher_temperature
+from geocmid.cmid.heads import DenseDINOHead, PixelShuffleDecoder, moco_projector
+from geocmid.cmid.losses import (
+    DenseDistillLoss,
+    MoCoQueueLoss,
+    gather_tokens,
+    mim_loss,
+    position_match,
+)
+from geocmid.cmid.masking import upsample_mask
+from geocmid.cmid.views import CMIDViewTransform, Photometric
+from geocmid.errors import ConfigError
+from geocmid.models.backbones import GEOMETRY, Backbone, create_backbone, family_of
+from geocmid.models.masked import MaskedBackbone
+
+
+def _gap_embed(projector: nn.Module, feats: Tensor) -> Tensor:
+    """Global-average-pool ``[B, C, h, w]``, project, L2-normalise → ``[B, D]``."""
+    return F.normalize(projector(feats.mean(dim=(2, 3))), dim=1)
+
+
+class CMIDModel(nn.Module):
+    """CMID student/teacher pair with its three losses.
+
+    Args:
+        backbone_name: ``resnet18/34/50/101``, ``swin_tiny/small/base``, ``vit_small/base``.
+        in_chans: number of bands.
+        chip_size: square chip size in pixels; must be a multiple of ``mask_block`` and of the
+            backbone stride (32 ResNet/Swin, 16 ViT).
+        pretrained_path: optional weights for the student backbone (the teacher copies them).
+        mask_ratio: fraction of mask blocks (0.6).
+        mask_block: mask block size in pixels (32).
+        queue_size: MoCo queue length (65,536).
+        proj_hidden, proj_dim: MoCo projector sizes (2048, 256).
+        temperature: InfoNCE temperature (0.2).
+        head_hidden, head_bottleneck, num_prototypes: dense DINO head sizes (2048, 256, 2048).
+        num_matches: matched cells per image for the local loss (20).
+        student_temp: DINO student temperature (0.1).
+        teacher_temp: (start, end) of the teacher temperature warmup (0.04, 0.07).
+        teacher_temp_warmup_epochs: epochs of that warmup (50).
+        center_momentum: DINO centre momentum (0.9).
+        focal_alpha, focal_gamma: focal-L1 α, γ (0.2, 1).
+        fft_weight: focal-frequency weight (1).
+        backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
+
+    Attributes:
+        student: :class:`MaskedBackbone` (export ``student.backbone``).
+        teacher: plain :class:`Backbone`, EMA of the student, no gradients.
+    """
+
+    def __init__(
+        self,
+        backbone_name: str,
+        in_chans: int,
+        chip_size: int,
+        pretrained_path: str | None = None,
+        mask_ratio: float = 0.6,
+        mask_block: int = 32,
+        queue_size: int = 65536,
+        proj_hidden: int = 2048,
+        proj_dim: int = 256,
+        temperature: float = 0.2,
+        head_hidden: int = 2048,
+        head_bottleneck: int = 256,
+        num_prototypes: int = 2048,
+        num_matches: int = 20,
+        student_temp: float = 0.1,
+        teacher_temp: tuple[float, float] = (0.04, 0.07),
+        teacher_temp_warmup_epochs: int = 50,
+        center_momentum: float = 0.9,
+        focal_alpha: float = 0.2,
+        focal_gamma: float = 1.0,
+        fft_weight: float = 1.0,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_chip_size(chip_size, mask_block, family_of(backbone_name))
+        student = create_backbone(
+            backbone_name, in_chans, pretrained_path, img_size=chip_size, **(backbone_kwargs or {})
+        )
+        self.chip_size = chip_size
+        self.in_chans = in_chans
+        self.mask_ratio = mask_ratio
+        self.mask_block = mask_block
+        self.num_matches = num_matches
+        self.teacher_temp_range = teacher_temp
+        self.teacher_temp_warmup_epochs = teacher_temp_warmup_epochs
+        self.focal_alpha, self.focal_gamma, self.fft_weight = focal_alpha, focal_gamma, fft_weight
+
+        c = student.out_channels
+        self.student = MaskedBackbone(student)
+        self.decoder = PixelShuffleDecoder(c, student.stride, in_chans)
+        self.projector = moco_projector(c, proj_hidden, proj_dim)
+        use_bn = student.family == "resnet"  # spec §3.3: BN in the local head for ResNet only
+        self.local_head = DenseDINOHead(c, head_hidden, head_bottleneck, num_prototypes, use_bn)
+
+        # teacher = fresh modules holding a copy of the student's weights (no deepcopy needed)
+        self.teacher = create_backbone(
+            backbone_name, in_chans, img_size=chip_size, **(backbone_kwargs or {})
+        )
+        self.teacher_projector = moco_projector(c, proj_hidden, proj_dim)
+        self.teacher_local_head = DenseDINOHead(
+            c, head_hidden, head_bottleneck, num_prototypes, use_bn
+        )
+        for s, t in self._ema_pairs():
+            t.load_state_dict(s.state_dict())
+            t.requires_grad_(False)
+
+        self.global_loss = MoCoQueueLoss(queue_size, proj_dim, temperature)
+        self.local_loss = DenseDistillLoss(num_prototypes, student_temp, center_momentum)
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.student.family
+
+    @property
+    def backbone(self) -> Backbone:
+        """The student backbone: what CMID exports (spec §3.2 "Released weights")."""
+        return self.student.backbone
+
+    def view_transform(
+        self, rgb_indices: Sequence[int] | None = None, **photometric: Any
+    ) -> CMIDViewTransform:
+        """The two-view transform matching this model's geometry (chip size, strides, masks).
+
+        Args:
+            rgb_indices: band indices of red, green, blue, enabling hue/saturation/greyscale.
+            **photometric: overrides for :class:`~geocmid.cmid.views.Photometric`.
+        """
+        return CMIDViewTransform(
+            self.chip_size,
+            stride=self.student.stride,
+            token_stride=self.student.token_stride,
+            mask_block=self.mask_block,
+            mask_ratio=self.mask_ratio,
+            photometric=Photometric(rgb_indices=rgb_indices, **photometric),
+        )
+
+    def teacher_temperature(self, epoch: int) -> float:
+        """Teacher temperature for a 0-based ``epoch`` (0.04 → 0.07 over 50 epochs)."""
+        start, end = self.teacher_temp_range
+        return teacher_temperature(epoch, start, end, self.teacher_temp_warmup_epochs)
+
+    def _ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (self.student.backbone, self.teacher),
+            (self.projector, self.teacher_projector),
+            (self.local_head, self.teacher_local_head),
+        ]
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA step ``θ_t ← τθ_t + (1−τ)θ_s``; call after ``optimizer.step()`` (fix §9.5)."""
+        ema_update(self._ema_pairs(), momentum)
+
+    # ----------------------------------------------------------------------------------------
+    def forward_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        """All CMID loss terms for one two-view batch (spec §6).
+
+        Args:
+            batch: output of :meth:`view_transform` (keys ``img, mim_img, mask, view,
+                view_mim_img, view_mask, grid, view_grid`` and optionally ``valid, view_valid``).
+            epoch: 0-based epoch, selects the teacher temperature.
+
+        Returns:
+            dict of scalars: ``loss_rec``, ``loss_fft``, ``loss_mim`` (= ½ Σ_views (rec + fft)),
+            ``loss_global``, ``loss_local`` and ``loss`` = mim + global + local.
+        """
+        x1, x2 = batch["img"], batch["view"]
+        m1, m2 = batch["mask"], batch["view_mask"]
+        ts = self.student.token_stride
+
+        # student on the masked copies
+        f1 = self.student(batch["mim_img"], m1)
+        f2 = self.student(batch["view_mim_img"], m2)
+
+        # MIM on both views
+        rec1, fft1 = mim_loss(
+            self.decoder(f1), x1, upsample_mask(m1, ts), batch.get("valid"),
+            self.focal_alpha, self.focal_gamma, self.fft_weight,
+        )  # fmt: skip
+        rec2, fft2 = mim_loss(
+            self.decoder(f2), x2, upsample_mask(m2, ts), batch.get("view_valid"),
+            self.focal_alpha, self.focal_gamma, self.fft_weight,
+        )  # fmt: skip
+        loss_rec = 0.5 * (rec1 + rec2)
+        loss_fft = 0.5 * (fft1 + fft2)
+
+        # teacher on the unmasked views
+        with torch.no_grad():
+            g1 = self.teacher(x1)
+            g2 = self.teacher(x2)
+            k1 = _gap_embed(self.teacher_projector, g1)
+            k2 = _gap_embed(self.teacher_projector, g2)
+
+        # global: MoCo InfoNCE with queue
+        q1 = _gap_embed(self.projector, f1)
+        q2 = _gap_embed(self.projector, f2)
+        loss_global = self.global_loss(q1, q2, k1, k2)
+
+        # local: position-matched dense distillation
+        s1_idx, t2_idx = position_match(batch["grid"], batch["view_grid"], self.num_matches)
+        s2_idx, t1_idx = position_match(batch["view_grid"], batch["grid"], self.num_matches)
+        student_a = self.local_head(gather_tokens(f1, s1_idx))
+        student_b = self.local_head(gather_tokens(f2, s2_idx))
+        with torch.no_grad():
+            teacher_a = self.teacher_local_head(gather_tokens(g2, t2_idx))
+            teacher_b = self.teacher_local_head(gather_tokens(g1, t1_idx))
+        loss_local = self.local_loss(
+            student_a, teacher_a, student_b, teacher_b, self.teacher_temperature(epoch)
+        )
+
+        loss_mim = loss_rec + loss_fft
+        return {
+            "loss_rec": loss_rec,
+            "loss_fft": loss_fft,
+            "loss_mim": loss_mim,
+            "loss_global": loss_global,
+            "loss_local": loss_local,
+            "loss": loss_mim + loss_global + loss_local,
+        }
+
+
+def _check_chip_size(size: int, block: int, family: str) -> None:
+    """Raise :class:`ConfigError` unless ``size`` fits the mask block and the backbone stride."""
+    stride, token_stride = GEOMETRY[family]
+    need = math.lcm(block, stride)
+    if block <= 0 or block % token_stride:
+        raise ConfigError(
+            "setting 'mask_block'",
+            f"mask block {block} px is not a multiple of the {family} token stride "
+            f"({token_stride} px)",
+            f"use a mask block that is a multiple of {token_stride}, e.g. 32",
+        )
+    if size <= 0 or size % need:
+        raise ConfigError(
+            "setting 'chip_size'",
+            f"chip size {size} px is not a multiple of {need} px (mask block {block} px, "
+            f"{family} output stride {stride} px)",
+            f"use a chip size divisible by {need}, e.g. {max(need, round(size / need) * need)}",
+        )
