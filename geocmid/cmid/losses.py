@@ -172,14 +172,14 @@ def position_match(grid_s: Tensor, grid_t: Tensor, k: int = 20) -> tuple[Tensor,
 
 def gather_tokens(feats: Tensor, idx: Tensor) -> Tensor:
     """``[B, C, h, w]`` feature map + ``[B, k]`` cell indices → ``[B·k, C]`` tokens."""
-    b, c = feats.shape[:2]
+    c = feats.shape[1]
     tokens = feats.flatten(2).transpose(1, 2)  # [B, h·w, C]
     picked = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, c))
     return picked.reshape(-1, c)
 
 
 class DenseDistillLoss(nn.Module):
-    """Symmetrised DINO cross-entropy on position-matched tokens (spec §4.3), via lightly's DINOLoss.
+    """Symmetrised DINO cross-entropy on position-matched tokens (spec §4.3), via lightly.
 
     For the pairs A = (student masked view 1, teacher view 2) and B = (student masked view 2,
     teacher view 1), each with matched tokens flattened into the batch (``[B·k, K]`` logits):
@@ -222,7 +222,7 @@ class DenseDistillLoss(nn.Module):
         teacher_b: Tensor,
         teacher_temp: float,
     ) -> Tensor:
-        """Each argument is ``[T, K]`` logits; rows of ``student_x`` and ``teacher_x`` are matched."""
+        """Each argument is ``[T, K]`` logits; row i of student_x ↔ row i of teacher_x."""
         with _no_autocast(student_a):
             return self.dino(
                 [teacher_a.float().detach(), teacher_b.float().detach()],

@@ -1,7 +1,7 @@
 """Block masks and mean filling for CMID's masked image modelling (spec §2.5–2.6).
 
-Masks live at *token* resolution (one entry per ``token_stride`` × ``token_stride`` pixels); they are
-upsampled to pixels with :func:`upsample_mask` where the input or the loss needs them.
+Masks live at *token* resolution (one entry per ``token_stride`` × ``token_stride`` pixels);
+they are upsampled to pixels with :func:`upsample_mask` where the input or the loss needs them.
 """
 
 from __future__ import annotations

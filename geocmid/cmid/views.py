@@ -91,7 +91,8 @@ def crop_resize(
     """Crop ``boxes`` out of ``x`` and resample them to ``out_size`` px, flipping where asked.
 
     Pixel ``i`` of the source covers ``[i, i + 1)``; output pixel ``u`` samples the source at
-    ``left + (u + ½)·w / out_size`` (mirrored inside the box when flipped), i.e. ``align_corners=False``.
+    ``left + (u + ½)·w / out_size`` (mirrored inside the box when flipped), as ``grid_sample``
+    with ``align_corners=False``.
 
     Args:
         x: ``[B, C, H, W]`` float.
@@ -188,10 +189,11 @@ class Photometric:
 
     Mirrors the official view-2 pipeline (spec §2.3) in a form that holds for any band count:
 
-    * jitter (prob ``jitter_p``): ``x ← μ + g·(x − μ) + o`` per band, around each image's band mean
-      ``μ``, with a gain shared by all bands ``~U(1 ± gain)`` times a per-band ``~U(1 ± band_jitter)``
-      and an offset (in normalised units) shared ``~U(± offset)`` plus per-band ``~U(± band_jitter)``;
-      with ``rgb_indices`` also a hue rotation ``~U(± hue)·2π`` and saturation ``~U(1 ± saturation)``;
+    * jitter (prob ``jitter_p``): ``x ← μ + g·(x − μ) + o`` per band, around each image's band
+      mean ``μ``; gain = shared ``U(1 ± gain)`` × per-band ``U(1 ± band_jitter)``; offset
+      (normalised units) = shared ``U(± offset)`` + per-band ``U(± band_jitter)``; with
+      ``rgb_indices`` also a hue rotation by ``U(± hue)·2π`` and a saturation factor
+      ``U(1 ± saturation)``;
     * Gaussian blur, σ ~ U(blur_sigma) px (prob ``blur_p``);
     * Gaussian noise, std ~ U(noise_std) normalised units (prob ``noise_p``; the official variance
       10–50 on the 0–255 scale is ≈ 0.09–0.2 after its normalisation);
@@ -285,7 +287,7 @@ class CMIDViewTransform:
 
     Args:
         size: output chip size in pixels (square; a multiple of ``mask_block`` and ``stride``).
-        stride: backbone output stride (32 ResNet/Swin, 16 ViT); sets the grid ``N = size / stride``.
+        stride: backbone output stride (32 ResNet/Swin, 16 ViT); grid ``N = size / stride``.
         token_stride: pixels per mask token (4 ResNet/Swin, 16 ViT).
         mask_block: mask block size in pixels (default 32).
         mask_ratio: fraction of blocks masked (0.6).
@@ -368,7 +370,7 @@ def collate_two_views(
     transform: CMIDViewTransform,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """DataLoader ``collate_fn`` alternative: stack ``{"image": [C, S, S]}`` samples, then transform.
+    """``collate_fn`` alternative: stack ``{"image": [C, S, S]}`` samples, then transform them.
 
     Prefer running ``transform`` on the device (``on_after_batch_transfer``); this is for CPU-side
     pipelines and tests.

@@ -101,11 +101,11 @@ class Backbone(nn.Module):
         self.token_stride = token_stride
 
     def embed(self, x: Tensor) -> Tensor:
-        """Image ``[B, in_chans, H, W]`` → token map ``[B, embed_dim, H/ts, W/ts]`` (ts = token_stride)."""
+        """Image ``[B, in_chans, H, W]`` → tokens ``[B, embed_dim, H/t, W/t]``, t = token_stride."""
         raise NotImplementedError
 
     def forward_tokens(self, tokens: Tensor) -> Tensor:
-        """Token map ``[B, embed_dim, h, w]`` → final map ``[B, out_channels, H/stride, W/stride]``."""
+        """Tokens ``[B, embed_dim, h, w]`` → final map ``[B, out_channels, H/stride, W/stride]``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,7 +145,7 @@ class SwinBackbone(Backbone):
 
 
 class ViTBackbone(Backbone):
-    """timm ViT with ``dynamic_img_size``; tokens are patch embeddings before the position embedding.
+    """timm ViT (``dynamic_img_size``); tokens are patch embeddings before the position embedding.
 
     The final map is the normed patch tokens (class token dropped), reshaped to NCHW at stride 16.
     """
@@ -179,7 +179,7 @@ def create_backbone(
             or the matching timm name.
         in_chans: number of input bands (any ≥ 1).
         pretrained_path: optional weight file (CMID release ``.pth``, timm/extracted state dict,
-            or a geocmid ``.safetensors`` export) loaded with :func:`geocmid.models.weights.load_weights`.
+            or a geocmid ``.safetensors`` export), see :func:`geocmid.models.weights.load_weights`.
         img_size: chip size in pixels. Swin builds its attention windows for it (other sizes that
             are multiples of 32 still run); ViT sizes its position embedding for it.
         **kw: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, default 0).
@@ -191,7 +191,7 @@ def create_backbone(
         raise ConfigError("setting 'in_chans'", f"must be ≥ 1, got {in_chans}")
     timm_name = resolve_name(name)
     family = family_of(timm_name)
-    # drop_path defaults to 0: CMID pretrains Swin with drop_path 0 (spec §3.1), timm's default is 0.1
+    # drop_path defaults to 0: CMID pretrains Swin with drop_path 0 (spec §3.1); timm's is 0.1
     kw = {"num_classes": 0, "in_chans": in_chans, "drop_path_rate": 0.0, **kw}
     kw["pretrained"] = False  # weights are files, never downloads
     backbone: Backbone

@@ -1,9 +1,9 @@
 """Masked-input path of the CMID student: an additive, zero-initialised learned mask token.
 
-The token is added (not substituted) at masked positions of the backbone's token map: after the
-ResNet stem (stride 4), after the Swin patch-embed + LayerNorm (stride 4), or on the ViT patch tokens
-before the position embedding (stride 16). Additive + zero-init means the masked student starts out
-identical to the plain backbone (spec §3.1, ``replace=False``).
+The token is added (not substituted) at masked positions of the backbone's token map: after
+the ResNet stem (stride 4), after the Swin patch-embed + LayerNorm (stride 4), or on the ViT patch
+tokens before the position embedding (stride 16). Additive + zero-init means the masked student
+starts out identical to the plain backbone (spec §3.1, ``replace=False``).
 """
 
 from __future__ import annotations
