@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,10 @@ def open_raster(path: str | Path) -> DatasetReader:
     if not path.exists():
         raise DataError(str(path), "file not found", "check the path in the catalog entry")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # Un-georeferenced masks and folder images are legitimate; validation reports them.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
     except rasterio.errors.RasterioIOError as error:
         raise DataError(
             str(path),
@@ -60,6 +64,19 @@ def raster_info(path: str | Path) -> RasterInfo:
             nodata=src.nodata,
             georeferenced=georeferenced,
         )
+
+
+def crs_label(crs: CRS | None) -> str:
+    """Short CRS name for people: ``EPSG:32618``, or the WKT's name with its EPSG equivalent."""
+    if crs is None:
+        return "none"
+    if crs.to_epsg(confidence_threshold=100):
+        return f"EPSG:{crs.to_epsg(confidence_threshold=100)}"
+    from pyproj import CRS as PROJ_CRS
+
+    proj = PROJ_CRS.from_wkt(crs.to_wkt())
+    epsg = proj.to_epsg(min_confidence=70)
+    return proj.name + (f" (equivalent to EPSG:{epsg})" if epsg else "")
 
 
 def parse_crs(value: str | None, where: str) -> CRS | None:

@@ -94,11 +94,21 @@ class CatalogRasterDataset(RasterDataset):
         )
         self._rio_crs = RIO_CRS.from_wkt(self.crs.to_wkt())
         self.nodata_value = nodata if nodata is not None else self._first_nodata()
+        # One file per band: every band has its own nodata value and mask.
+        self.band_nodata = (
+            [self._band_nodata(band) for band in self.bands] if self.separate_files else None
+        )
 
     # -- reading -------------------------------------------------------------------------
 
     def _first_nodata(self) -> float | None:
         with rasterio.open(self.index.filepath.iloc[0]) as src:
+            return src.nodata
+
+    def _band_nodata(self, band: str) -> float | None:
+        if self.nodata is not None:
+            return self.nodata
+        with rasterio.open(self._update_filepath(band, self.index.filepath.iloc[0])) as src:
             return src.nodata
 
     def _load_warp_file(self, filepath: Path, crs: Any = None) -> DatasetReader | WarpedVRT:
@@ -177,7 +187,9 @@ class CatalogRasterDataset(RasterDataset):
 
     def __getitem__(self, index: GeoSlice) -> Sample:
         sample = super().__getitem__(index)
-        if self.is_image:
+        if self.is_image and self.band_nodata is not None:
+            sample["valid"] = valid_mask_per_band(sample["image"], self.band_nodata)
+        elif self.is_image:
             sample["valid"] = valid_mask(sample["image"], self.nodata_value)
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
@@ -189,6 +201,15 @@ def valid_mask(image: Tensor, nodata: float | None) -> Tensor:
     invalid = torch.isnan(image).all(dim=-3)
     if nodata is not None and not math.isnan(nodata):
         invalid |= (image == nodata).all(dim=-3)
+    return ~invalid
+
+
+def valid_mask_per_band(image: Tensor, nodata: Sequence[float | None]) -> Tensor:
+    """``[H, W]`` bool: True where no band of ``image [C, H, W]`` equals its own nodata value."""
+    invalid = torch.isnan(image).any(dim=-3)
+    for band, value in enumerate(nodata):
+        if value is not None and not math.isnan(value):
+            invalid |= image[..., band, :, :] == value
     return ~invalid
 
 
