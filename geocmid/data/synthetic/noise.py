@@ -51,9 +51,7 @@ def hash01(*ints: np.ndarray | int, seed: int) -> np.ndarray:
     return (hash_u64(*ints, seed=seed) >> np.uint64(11)).astype(np.float64) * (2.0**-53)
 
 
-def value_noise(
-    x: np.ndarray, y: np.ndarray, cell: float, key: int, seed: int = 0
-) -> np.ndarray:
+def value_noise(x: np.ndarray, y: np.ndarray, cell: float, key: int, seed: int = 0) -> np.ndarray:
     """Smooth value noise in [-1, 1] at map coordinates ``x``, ``y`` (metres).
 
     Args:
