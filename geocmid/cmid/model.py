@@ -10,6 +10,7 @@ Typical use from a Lightning task::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -114,16 +115,11 @@ class CMIDModel(nn.Module):
         use_bn = student.family == "resnet"  # spec §3.3: BN in the local head for ResNet only
         self.local_head = DenseDINOHead(c, head_hidden, head_bottleneck, num_prototypes, use_bn)
 
-        # teacher = fresh modules holding a copy of the student's weights (no deepcopy needed)
-        self.teacher = create_backbone(
-            backbone_name, in_chans, img_size=chip_size, **(backbone_kwargs or {})
-        )
-        self.teacher_projector = moco_projector(c, proj_hidden, proj_dim)
-        self.teacher_local_head = DenseDINOHead(
-            c, head_hidden, head_bottleneck, num_prototypes, use_bn
-        )
-        for s, t in self._ema_pairs():
-            t.load_state_dict(s.state_dict())
+        # the teacher starts as an exact copy of the student and never receives gradients
+        self.teacher = copy.deepcopy(student)
+        self.teacher_projector = copy.deepcopy(self.projector)
+        self.teacher_local_head = copy.deepcopy(self.local_head)
+        for _, t in self._ema_pairs():
             t.requires_grad_(False)
 
         self.global_loss = MoCoQueueLoss(queue_size, proj_dim, temperature)
