@@ -11,7 +11,7 @@ import numpy as np
 from geocmid.data.synthetic.changes import plan_changes, write_change_mask
 from geocmid.data.synthetic.landscape import Landscape
 from geocmid.data.synthetic.scene import DEFAULT_CENTER, Scene, grid_covering, write_scene
-from geocmid.data.synthetic.spectra import CLASSES
+from geocmid.data.synthetic.spectra import CLASSES, URBAN, WATER
 from geocmid.data.synthetic.vectors import (
     boxes_frame,
     building_frame,
@@ -57,7 +57,8 @@ def write_scene_chips(
 ) -> dict[str, int]:  # fmt: skip
     """Cut RGB chips (UC Merced style ``root/<class_name>/<n>.png``) by dominant class.
 
-    A chip is kept when it has no nodata and one class covers ``min_fraction`` of it. The stretch
+    A chip is kept when it has no nodata and is urban (≥ 25 % roofs and streets), water (≥ 50 %)
+    or one class covers ``min_fraction`` of it. The stretch
     is the scene's (not per chip), so chips of one class look alike. Returns chips per class.
     """
     import rasterio
@@ -75,10 +76,17 @@ def write_scene_chips(
             window = cls[r : r + chip, c : c + chip]
             if not valid[r : r + chip, c : c + chip].all():
                 continue
-            hist = np.bincount(window.ravel(), minlength=len(CLASSES) + 1)
-            top = int(hist.argmax())
-            if top == 0 or hist[top] < min_fraction * window.size:
-                continue
+            frac = np.bincount(window.ravel(), minlength=len(CLASSES) + 1) / window.size
+            # A village chip is mostly gardens, so a quarter of roofs and streets makes it urban;
+            # likewise half of it water makes a river chip. Otherwise one class must dominate.
+            if frac[URBAN] >= 0.25:
+                top = URBAN
+            elif frac[WATER] >= 0.5:
+                top = WATER
+            else:
+                top = int(frac.argmax())
+                if top == 0 or frac[top] < min_fraction:
+                    continue
             name = CLASSES[top][0]
             folder = Path(root) / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ VILLAGE_CELL = 3000.0  # one possible extra village per cell of this size
 # Unit vector pointing from the ground towards the sun (azimuth 150°, south-south-east).
 SUN = (math.sin(math.radians(150)), math.cos(math.radians(150)))
 SHADOW_LENGTH = 3.5  # metres of building shadow on the ground
+RIVER_EXACT = 150.0  # river distances are exact below this many metres
 
 CHANGE_KINDS = {1: "new_buildings", 2: "forest_clearing", 3: "flooding"}
 # Noise field keys (any distinct integers).
@@ -146,9 +147,18 @@ class Landscape:
 
     # ----------------------------------------------------------------------------- river
     def river_distance(self, x, y) -> np.ndarray:
-        """Signed distance (m) from map points to the river bank; negative inside the river."""
+        """Signed distance (m) from map points to the river bank; negative inside the river.
+
+        Exact (across the river's axis) up to :data:`RIVER_EXACT` metres from the bank; where
+        every point is farther, a cheap lower bound (still ≥ RIVER_EXACT) is returned instead, so
+        callers must only compare it with thresholds below RIVER_EXACT.
+        """
         pr = self.params
         u, v = _rotate(x, y, self.center, pr["river_angle"])
+        reach = sum(m[0] for m in pr["meanders"]) + 0.625 * pr["river_width"]
+        far = np.abs(v - pr["river_offset"]) - reach
+        if far.size and far.min() >= RIVER_EXACT:
+            return far
         centre = np.full_like(u, pr["river_offset"])
         for amp, wavelength, phase in pr["meanders"]:
             centre += amp * np.sin(u * (2 * math.pi / wavelength) + phase)
@@ -189,12 +199,21 @@ class Landscape:
         )
         return (bump + edge).astype(np.float32)
 
-    def _main_roads(self, p, q) -> np.ndarray:
-        """Two main roads through the village (along and across the street grid)."""
+    def _main_roads(self, p, q, margin: float = 0.0) -> np.ndarray:
+        """Two main roads through the village (along and across the street grid).
+
+        ``margin`` widens each side of the road (metres), to keep buildings off it.
+        """
         ph = self.params["road_phase"]
-        d1 = np.abs(q - 14.0 - 12.0 * np.sin(p / 260.0 + ph))
-        d2 = np.abs(p - 30.0 - 16.0 * np.sin(q / 330.0 + 2 * ph))
-        return (d1 < ROAD_HALF) | (d2 < ROAD_HALF)
+        p, q = np.broadcast_arrays(p, q)
+        out = np.zeros(p.shape, bool)
+        half = ROAD_HALF + margin
+        # Skip the sines where no point comes near a road (most of a large scene).
+        if p.size and np.abs(q - 14.0).min() < 12.0 + half:
+            out |= np.abs(q - 14.0 - 12.0 * np.sin(p / 260.0 + ph)) < half
+        if p.size and np.abs(p - 30.0).min() < 16.0 + half:
+            out |= np.abs(p - 30.0 - 16.0 * np.sin(q / 330.0 + 2 * ph)) < half
+        return out
 
     def _streets(self, p, q) -> np.ndarray:
         """Village street grid with some segments left out (so it is not a perfect lattice)."""
@@ -263,7 +282,7 @@ class Landscape:
         py = np.concatenate([cy, (cy + np.roll(cy, -1, -1)) / 2, my[..., None]], -1)
         wat, bank = self._water(px, py)
         pp, qq = self._village_frame(px, py)
-        clear = ~(wat | (bank < 3) | self._main_roads(pp, qq) | self._near_road(pp, qq)).any(-1)
+        clear = ~(wat | (bank < 3) | self._main_roads(pp, qq, margin=2.0)).any(-1)
         ok = present & clear & (self.urban_field(mx, my) > 0.5)
         new = np.zeros_like(ok)
         for zone in zones:
@@ -282,13 +301,6 @@ class Landscape:
         farm = (btype >= 0.1) & (btype < 0.2)
         nlots = np.where(farm, 2, 3 + np.floor(hash01(bp, bq, 10, seed=self.seed) * 3))
         return nlots.astype(np.int64), btype
-
-    def _near_road(self, p, q) -> np.ndarray:
-        """Within two metres of a main road's edge (buildings keep clear of roads)."""
-        ph = self.params["road_phase"]
-        d1 = np.abs(q - 14.0 - 12.0 * np.sin(p / 260.0 + ph))
-        d2 = np.abs(p - 30.0 - 16.0 * np.sin(q / 330.0 + 2 * ph))
-        return (d1 < ROAD_HALF + 2) | (d2 < ROAD_HALF + 2)
 
     def _buildings(self, p, q, zones: list[ChangeZone]) -> tuple[np.ndarray, ...]:
         """Per point: inside a building (bool), roof material, roof brightness, building shadow."""
@@ -418,16 +430,25 @@ class Landscape:
         zones = list(changes)
         water, bank = self._water(x, y)
         p, q = self._village_frame(x, y)
-        urban = self.urban_field(x, y) > 0.5
+        urb = self.urban_field(x, y)
+        urban = urb > 0.5
         roads = self._main_roads(p, q)
-        streets = self._streets(p, q) & urban
+        # Buildings and streets only exist in and near villages (or new estates): skip them
+        # elsewhere. Building centres must be > 0.5 and the field changes < 0.25 over ~25 m.
+        estates = [z for z in zones if z.kind == 1]
+        built = bool(estates) or (urb.size > 0 and urb.max() > 0.25)
+        streets = self._streets(p, q) & urban if built else np.zeros(shape, bool)
         grid = (np.abs(p - np.rint(p / BLOCK_P) * BLOCK_P) < STREET_HALF) | (
             np.abs(q - np.rint(q / BLOCK_Q) * BLOCK_Q) < STREET_HALF
         )
-        build, roof, roof_gain, shadow = self._buildings(p, q, zones)
+        if built:
+            build, roof, roof_gain, shadow = self._buildings(p, q, zones)
+        else:
+            build, shadow = np.zeros(shape, bool), np.zeros(shape, bool)
+            roof, roof_gain = np.zeros(shape, np.uint8), np.ones(shape, np.float32)
         fx, fy = self.params["forest"]
         forest_bump = np.exp(-((x - fx) ** 2 + (y - fy) ** 2) / 230.0**2)
-        riparian = np.exp(-np.clip(bank, 0, None) / 12.0)
+        riparian = np.where(bank < 100.0, np.exp(-np.clip(bank, 0, 100.0) / 12.0), 0.0)
         forest = fbm(x, y, 520.0, 4, K_FOR, seed) + 0.5 * forest_bump + 0.3 * riparian > 0.28
         conifer = fbm(x, y, 380.0, 2, K_CONIF, seed) > 0.1
         fine = value_noise(x, y, 2.3, K_FINE, seed)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,12 +105,13 @@ class _Sampler:
         self.landscape = landscape
         self.transform = transform
         self.changes = tuple(changes)
-        self.proj = None
+        self.crs = crs
+        self.reproject = False
+        self.local = threading.local()  # pyproj transformers are not thread-safe
         if str(crs) != str(landscape.crs):
-            from pyproj import CRS, Transformer
+            from pyproj import CRS
 
-            if not CRS.from_user_input(crs).equals(CRS.from_user_input(landscape.crs)):
-                self.proj = Transformer.from_crs(crs, landscape.crs, always_xy=True)
+            self.reproject = not CRS.from_user_input(crs).equals(CRS.from_user_input(landscape.crs))
 
     def centres(self, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixel-centre map coordinates of a window: x ``(1, w)``, y ``(h, 1)``."""
@@ -120,11 +124,31 @@ class _Sampler:
         self, row0: int, col0: int, h: int, w: int
     ) -> tuple[Sample, np.ndarray, np.ndarray]:
         x, y = self.centres(row0, col0, h, w)
-        if self.proj is None:
+        if not self.reproject:
             return self.landscape.sample(x, y, self.changes), x, y
+        if getattr(self.local, "proj", None) is None:
+            from pyproj import Transformer
+
+            self.local.proj = Transformer.from_crs(self.crs, self.landscape.crs, always_xy=True)
         xx, yy = np.broadcast_arrays(x, y)
-        lx, ly = self.proj.transform(xx, yy)
+        lx, ly = self.local.proj.transform(xx, yy)
         return self.landscape.sample(lx, ly, self.changes), x, y
+
+
+def _map_ordered(fn, items: list, workers: int | None):
+    """Yield ``fn(item)`` in order, computed by a few threads with bounded lookahead."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def render(sample: Sample, wavelengths: np.ndarray, dtype: str = "uint16", nodata: float = 0):
@@ -164,6 +188,8 @@ def _profile(crs, transform, width, height, count, dtype, nodata, tiled, blocksi
         profile["compress"] = compress
         if compress.lower() in ("deflate", "lzw", "zstd"):
             profile["predictor"] = 3 if dtype == "float32" else 2
+        if compress.lower() == "deflate":
+            profile["zlevel"] = 1  # 2.5x faster than the default level 6, files ~15 % larger
     return profile
 
 
@@ -191,6 +217,7 @@ def write_scene(
     tiled: bool = True,
     blocksize: int = 512,
     compress: str | None = "deflate",
+    workers: int | None = None,
 ) -> Scene:
     """Write a synthetic multi-band scene as a tiled GeoTIFF, block by block.
 
@@ -212,6 +239,10 @@ def write_scene(
             polygon in ``crs`` (share one polygon across mosaic tiles).
         labels_path: also write the land-cover class raster (uint8, 0 = unlabelled) here.
         tiled, blocksize, compress: GeoTIFF layout; blocks are also the unit of generation.
+            Deflate uses level 1 (fast); recompress with GDAL if size matters more.
+        workers: threads drawing blocks (numpy releases the GIL); default: up to 2. Blocks are
+            written in order and at most ``2 * workers`` are held in memory; the output does not
+            depend on ``workers``.
 
     Returns:
         The :class:`Scene` written.
@@ -258,17 +289,24 @@ def write_scene(
                                  compress)  # fmt: skip
                 label_dst = rasterio.open(tmp_labels, "w", **lprof)
                 label_dst.write_colormap(1, class_colormap())
-            for row0 in range(0, height, blocksize):
-                for col0 in range(0, width, blocksize):
-                    h, w = min(blocksize, height - row0), min(blocksize, width - col0)
-                    sample, x, y = sampler(row0, col0, h, w)
-                    valid = _valid(footprint, x, y, (h, w))
-                    sample.mat[~valid] = 0
-                    sample.cls[~valid] = 0
-                    window = Window(col0, row0, w, h)
-                    dst.write(render(sample, wavelengths, dtype, nodata), window=window)
-                    if label_dst is not None:
-                        label_dst.write(sample.cls, 1, window=window)
+
+            def block(window: Window) -> tuple[Window, np.ndarray, np.ndarray]:
+                h, w = window.height, window.width
+                sample, x, y = sampler(window.row_off, window.col_off, h, w)
+                valid = _valid(footprint, x, y, (h, w))
+                sample.mat[~valid] = 0
+                sample.cls[~valid] = 0
+                return window, render(sample, wavelengths, dtype, nodata), sample.cls
+
+            windows = [
+                Window(c, r, min(blocksize, width - c), min(blocksize, height - r))
+                for r in range(0, height, blocksize)
+                for c in range(0, width, blocksize)
+            ]
+            for window, image, classes in _map_ordered(block, windows, workers):
+                dst.write(image, window=window)
+                if label_dst is not None:
+                    label_dst.write(classes, 1, window=window)
         if label_dst is not None:
             label_dst.close()
             os.replace(tmp_labels, labels_path)
