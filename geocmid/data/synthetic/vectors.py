@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -119,9 +120,13 @@ def write_gpkg(gdf, path: str | os.PathLike, layer: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(path)
     tmp.unlink(missing_ok=True)
+    quiet = logging.getLogger("pyogrio")  # it logs every write at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         gdf.to_file(tmp, driver="GPKG", layer=layer or path.stem, engine="pyogrio")
         os.replace(tmp, path)
     finally:
+        quiet.setLevel(level)
         tmp.unlink(missing_ok=True)
     return path
