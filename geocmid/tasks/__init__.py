@@ -1,0 +1,1 @@
+"""Downstream tasks (classification, segmentation, change) initialised from CMID backbones."""
