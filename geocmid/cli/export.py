@@ -113,7 +113,8 @@ def student_backbone(ckpt: dict[str, Any], where: str, expect: str | None = None
 def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
     """Card fields from the checkpoint's hyperparameters (export_backbone adds architecture)."""
     hp = ckpt["hyper_parameters"]
-    epochs = int(ckpt.get("epoch", -1)) + 1
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    epochs = int(progress.get("current", {}).get("completed", ckpt.get("epoch", 0)))
     card: dict[str, Any] = {
         "backbone": hp["backbone"],
         "bands": list(hp["bands"]) if hp.get("bands") else None,

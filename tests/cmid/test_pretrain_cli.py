@@ -1,0 +1,210 @@
+"""``geocmid pretrain`` / ``geocmid export`` end to end on tiny generated and real GeoTIFFs.
+
+Runs are as small as CMID allows (64 px chips, batch 2, one step per epoch, narrow heads) so the
+whole module stays within a few tens of seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from geocmid.cli import main
+from geocmid.models.weights import strip_prefixes
+from tests.rasters import smooth_field, write_entry, write_raster
+
+#: Narrow heads and a short queue: the method's code paths, at a fraction of the cost.
+TINY_MODEL = {
+    "queue_size": 64, "proj_hidden": 64, "proj_dim": 32, "head_hidden": 64,
+    "head_bottleneck": 32, "num_prototypes": 64,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-band (with RGB) and a 13-band scene, 128 px, with stored statistics."""
+    root = tmp_path_factory.mktemp("pretrain-data")
+    write_raster(root / "rgb.tif", smooth_field((128, 128), seed=1, bands=3))
+    write_raster(root / "s2.tif", smooth_field((128, 128), seed=2, bands=13), res=20.0)
+    cat = root / "catalog"
+    write_entry(cat, "rgb", "kind: imagery\npaths: ../rgb.tif\nbands: [r, g, b]\nrgb: [r, g, b]\n")
+    bands = ", ".join(f"B{i:02d}" for i in range(1, 14))
+    write_entry(cat, "s2", f"kind: imagery\npaths: ../s2.tif\nbands: [{bands}]\n")
+    for name in ("rgb", "s2"):  # stats once, so every run does not re-estimate them
+        assert main(["--catalog", str(cat), "catalog", "stats", name]) == 0
+    return cat
+
+
+def write_config(path: Path, catalog: Path, entry: str, backbone: str, run_dir: Path, **extra):
+    cfg = {
+        "data": {"catalog": str(catalog), "entry": entry, "chip_size": 64, "batch_size": 2,
+                 "chips_per_epoch": 4, "num_workers": 0},
+        "model": {"backbone": backbone, **TINY_MODEL},
+        "optim": {"warmup_epochs": 1},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1},
+        "health": {"quicklook_every_n_epochs": 1},
+        "run_dir": str(run_dir),
+    }  # fmt: skip
+    for section, values in extra.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def last_ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    rows = []
+    for f in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        rows += list(csv.DictReader(f.open()))
+    return rows
+
+
+def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
+    assert main(["pretrain", "--config", str(config)]) == 0
+    ckpt = last_ckpt(run_dir)
+    assert ckpt["global_step"] == 1
+    assert ckpt["hyper_parameters"]["bands"] == ["r", "g", "b"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "torchgeo_fit.yaml").is_file()
+    assert list((run_dir / "quicklook").glob("recon_epoch0001.png"))
+    assert list((run_dir / "tensorboard").glob("version_0/events.out.tfevents.*"))
+    rows = metrics(run_dir)
+    for key in ("train/loss_step", "train/loss_mim_step", "train/loss_global_step",
+                "train/loss_local_step", "train/lr", "train/ema_momentum", "train/teacher_temp",
+                "health/feat_std", "health/feat_cos"):  # fmt: skip
+        assert any(r.get(key) for r in rows), key
+
+    # the same command with more epochs continues from last.ckpt
+    assert main(["pretrain", "--config", str(config), "--epochs", "2"]) == 0
+    ckpt = last_ckpt(run_dir)
+    assert ckpt["global_step"] == 2
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
+    assert list((run_dir / "quicklook").glob("recon_epoch0002.png"))
+
+    # export: safetensors + card; loads into TorchGeo's classification and segmentation tasks
+    out = tmp_path / "export" / "r18"
+    assert main(["export", str(run_dir / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["architecture"] == "resnet18" and card["in_chans"] == 3
+    assert card["bands"] == ["r", "g", "b"] and len(card["mean"]) == 3 and card["gsd"] == 10.0
+    assert card["chip_size"] == 64 and card["pretraining"]["epochs"] == 2
+    assert card["pretraining"]["data"] == "rgb" and card["geocmid_version"]
+    state = strip_prefixes(load_file(out.with_suffix(".safetensors")))
+    student = {
+        k.removeprefix("model.student.backbone.model."): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("model.student.backbone.model.")
+    }
+    assert state.keys() == student.keys()
+    assert all(torch.equal(state[k], student[k]) for k in state)
+
+    from torchgeo.tasks import Classification, SemanticSegmentation
+
+    cls = Classification(model="resnet18", in_channels=3, num_classes=4)
+    result = cls.model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) == {"fc.weight", "fc.bias"}
+    seg = SemanticSegmentation(model="unet", backbone="resnet18", in_channels=3, num_classes=2)
+    seg.model.encoder.load_state_dict(state)  # strict: every encoder key is in the export
+    for module in (cls.model, seg.model.encoder):
+        loaded = module.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+    # refuses to overwrite; wrong expected backbone and non-CMID checkpoints are clear errors
+    assert main(["export", str(run_dir / "checkpoints" / "last.ckpt"), str(out)]) == 2
+    ck = str(run_dir / "checkpoints" / "last.ckpt")
+    assert main(["export", ck, str(out), "--overwrite", "--backbone", "swin_tiny"]) == 2
+
+
+def test_swin_on_13_bands(catalog: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", catalog, "s2", "swin_tiny", run_dir)
+    assert main(["pretrain", "--config", str(config)]) == 0
+    ckpt = last_ckpt(run_dir)
+    assert ckpt["hyper_parameters"]["in_chans"] == 13 and ckpt["global_step"] == 1
+    assert ckpt["hyper_parameters"]["gsd"] == 20.0
+    out = tmp_path / "swin.safetensors"
+    assert main(["export", str(run_dir / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    from geocmid.models.weights import load_backbone
+
+    backbone, card = load_backbone(out)
+    assert card["architecture"].startswith("swin_tiny") and backbone.in_chans == 13
+    assert len(card["bands"]) == 13
+
+
+def test_vit_on_3_bands_with_dotted_overrides(catalog: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
+    args = ["pretrain", "--config", str(config), "--backbone", "vit_small",
+            "--set", "model.mask_ratio=0.5", "--optim.optimizer", "adamw"]  # fmt: skip
+    assert main(args) == 0
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["model"]["backbone"] == "vit_small"
+    assert resolved["model"]["mask_ratio"] == 0.5 and resolved["optim"]["optimizer"] == "adamw"
+    assert last_ckpt(run_dir)["hyper_parameters"]["model_kwargs"]["mask_ratio"] == 0.5
+
+
+@pytest.mark.shared
+def test_real_geotiff(shared_data: Path, tmp_path: Path) -> None:
+    tif = shared_data / "geotiff" / "rasterio" / "RGB.byte.tif"
+    if not tif.is_file():
+        pytest.skip(f"{tif} not found")
+    cat = tmp_path / "catalog"
+    write_entry(cat, "rgbbyte", f"kind: imagery\npaths: {tif}\nbands: [r, g, b]\nrgb: [r, g, b]\n")
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", cat, "rgbbyte", "resnet18", run_dir)
+    assert main(["pretrain", "--config", str(config)]) == 0
+    hp = last_ckpt(run_dir)["hyper_parameters"]
+    assert hp["in_chans"] == 3 and hp["gsd"] == pytest.approx(300.0379266750948)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors: one clear message, exit status 2, nothing trained
+@pytest.mark.parametrize(
+    ("extra", "args", "message"),
+    [
+        ({"model": {"mask_ration": 0.5}}, [], "did you mean 'model.mask_ratio'"),
+        ({}, ["--set", "data.chipsize=64"], "did you mean 'data.chip_size'"),
+        ({"data": {"chip_size": 48}}, [], "data.chip_size"),
+        ({"model": {"backbone": "vit_small"}, "data": {"chip_size": 80}}, [], "data.chip_size"),
+        ({"model": {"in_chans": 4}}, [], "model.in_chans"),
+        ({"model": {"bands": ["b", "g", "r"]}}, [], "model.bands"),
+        ({"model": {"backbone": "resnet51"}}, [], "did you mean"),
+        ({"data": {"batch_size": "eight"}}, [], "expected int"),
+    ],
+)
+def test_config_errors(catalog, tmp_path, capsys, extra, args, message) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", catalog, "rgb", "resnet18", tmp_path / "run", **extra
+    )
+    assert main(["pretrain", "--config", str(config), "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_resolved_config(catalog: Path, tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "c.yaml", catalog, "s2", "resnet18", tmp_path / "run")
+    assert main(["pretrain", "--config", str(config), "--dry-run", "--chip-size", "96"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["data"]["chip_size"] == 96 and resolved["model"]["in_chans"] == 13
+    assert len(resolved["model"]["bands"]) == 13
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_rejects_foreign_checkpoints(tmp_path: Path, capsys) -> None:
+    bogus = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "epoch": 0}, bogus)
+    assert main(["export", str(bogus), str(tmp_path / "x")]) == 2
+    assert "not a CMID pretraining checkpoint" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "x")]) == 2
+    assert not list(tmp_path.glob("x*"))
