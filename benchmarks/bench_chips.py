@@ -16,6 +16,7 @@ ratio of each path to ``raw`` at the same worker count (target for geocmid: >= 0
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,9 +49,15 @@ def make_mosaic(folder: Path, size: int) -> list[Path]:
             path = folder / f"tile_{i}{j}.tif"
             if not path.exists():
                 t0 = time.perf_counter()
-                write_scene(path, width=size, height=size, origin=(ORIGIN[0] + j * size * RES,
-                            ORIGIN[1] - i * size * RES), res=RES, landscape=landscape,
-                            nodata_border=False)  # fmt: skip
+                write_scene(
+                    path,
+                    width=size,
+                    height=size,
+                    origin=(ORIGIN[0] + j * size * RES, ORIGIN[1] - i * size * RES),
+                    res=RES,
+                    landscape=landscape,
+                    nodata_border=False,
+                )
                 print(f"wrote {path.name} in {time.perf_counter() - t0:.1f} s")
             paths.append(path)
     return paths
@@ -63,13 +70,18 @@ class RawWindows(Dataset):
         self.files = [str(f) for f in files]
         self.res = res
         self.handles: dict[str, rasterio.DatasetReader] = {}
-        with rasterio.Env():
-            self.bounds = [rasterio.open(f).bounds for f in self.files]
+        self.pid = os.getpid()
+        self.bounds = []
+        for f in self.files:
+            with rasterio.open(f) as src:
+                self.bounds.append(src.bounds)
 
     def __getitem__(self, query: tuple[slice, slice]) -> dict:
         x, y = query
         width = round((x.stop - x.start) / self.res)
         height = round((y.stop - y.start) / self.res)
+        if self.pid != os.getpid():  # never share GDAL handles across a fork
+            self.handles, self.pid = {}, os.getpid()
         out = np.zeros((4, height, width), np.uint16)
         for path, b in zip(self.files, self.bounds, strict=True):
             if x.start >= b.right or x.stop <= b.left or y.start >= b.top or y.stop <= b.bottom:
@@ -78,8 +90,10 @@ class RawWindows(Dataset):
             col, row = round((x.start - b.left) / self.res), round((b.top - y.stop) / self.res)
             c0, r0 = max(col, 0), max(row, 0)
             c1, r1 = min(col + width, src.width), min(row + height, src.height)
-            src.read(window=Window(c0, r0, c1 - c0, r1 - r0),
-                     out=out[:, r0 - row : r1 - row, c0 - col : c1 - col])  # fmt: skip
+            src.read(
+                window=Window(c0, r0, c1 - c0, r1 - r0),
+                out=out[:, r0 - row : r1 - row, c0 - col : c1 - col],
+            )
         return {"image": torch.from_numpy(out.astype(np.float32))}
 
     def __len__(self) -> int:
@@ -98,27 +112,38 @@ class ListSampler(torch.utils.data.Sampler):
 
 
 def chips_per_second(dataset: Dataset, queries: list, workers: int, batch: int = 16) -> float:
-    loader = DataLoader(dataset, batch_size=batch, sampler=ListSampler(queries),
-                        num_workers=workers, collate_fn=stack_samples)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=ListSampler(queries),
+        num_workers=workers,
+        collate_fn=stack_samples,
+    )
     start = time.perf_counter()
     n = sum(len(b["image"]) for b in loader)
     return n / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=4096, help="tile edge in pixels")
     parser.add_argument("--chips", type=int, default=1024, help="chips read per measurement")
     parser.add_argument("--chip-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=2, help="best of N runs per path")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "geocmid-bench-chips")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "geocmid-bench-chips"
+    )
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     files = make_mosaic(args.cache, args.size)
     cat = args.cache / "catalog"
     cat.mkdir(exist_ok=True)
-    (cat / "mosaic.yaml").write_text("kind: imagery\npaths: ../tile_*.tif\nbands: [blue, green, red, nir]\nnodata: 0\n")
+    (cat / "mosaic.yaml").write_text(
+        "kind: imagery\npaths: ../tile_*.tif\nbands: [blue, green, red, nir]\nnodata: 0\n"
+    )
     entry = Catalog(cat).get("mosaic")
     geo = imagery_dataset(entry, transforms=Normalize([1000.0] * 4, [500.0] * 4))
     queries = list(RandomPatchSampler(geo, size=args.chip_size, length=args.chips, generator=0))
@@ -131,11 +156,17 @@ def main() -> None:
         "torchgeo": Plain([str(f) for f in files]),
         "geocmid": NodataRejectingDataset(geo, args.chip_size, max_nodata=1.0),
     }
-    print(f"{len(files)} tiles of {args.size}², {len(queries)} chips of {args.chip_size}², batch 16")
+    print(
+        f"{len(files)} tiles of {args.size}², {len(queries)} chips of {args.chip_size}², batch 16"
+    )
     for workers in args.workers:
-        rates = {name: max(chips_per_second(ds, queries, workers) for _ in range(args.repeats))
-                 for name, ds in paths.items()}  # fmt: skip
-        line = ", ".join(f"{n} {r:7.1f} chips/s ({r / rates['raw']:.2f}x raw)" for n, r in rates.items())
+        rates = {
+            name: max(chips_per_second(ds, queries, workers) for _ in range(args.repeats))
+            for name, ds in paths.items()
+        }
+        line = ", ".join(
+            f"{n} {r:7.1f} chips/s ({r / rates['raw']:.2f}x raw)" for n, r in rates.items()
+        )
         print(f"workers={workers}: {line}")
 
 

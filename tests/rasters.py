@@ -43,7 +43,8 @@ def smooth_field(shape: tuple[int, int], seed: int = 0, bands: int = 3) -> np.nd
     y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     out = []
     for b in range(bands):
-        fx, fy, phase = rng.uniform(0.01, 0.05, 2).tolist() + [rng.uniform(0, 6)]
+        fx, fy = rng.uniform(0.01, 0.05, 2).tolist()
+        phase = rng.uniform(0, 6)
         out.append(1000 + 500 * np.sin(fx * x + phase) * np.cos(fy * y) + 100 * b)
     return np.stack(out).astype(np.uint16)
 

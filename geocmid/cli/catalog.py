@@ -29,8 +29,12 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="entries with their kind and description").set_defaults(func=cmd_list)
-    show = sub.add_parser("show", help="files, CRS, resolution, bounds, bands, dtype, nodata, dates")
+    sub.add_parser("list", help="entries with their kind and description").set_defaults(
+        func=cmd_list
+    )
+    show = sub.add_parser(
+        "show", help="files, CRS, resolution, bounds, bands, dtype, nodata, dates"
+    )
     show.add_argument("name", help="entry name or YAML file")
     show.set_defaults(func=cmd_show)
     val = sub.add_parser("validate", help="check entries against their files (all when no NAME)")
@@ -68,7 +72,9 @@ def describe(entry: Any, catalog: Any) -> list[str]:
     from geocmid.data.rasters import crs_label
 
     report = validate(entry, catalog)
-    lines = [f"{entry.name} ({entry.kind})" + (f": {entry.description}" if entry.description else "")]
+    lines = [
+        f"{entry.name} ({entry.kind})" + (f": {entry.description}" if entry.description else "")
+    ]
     if report.rasters:
         infos = report.rasters
         crs = {crs_label(i.crs) for i in infos}

@@ -186,7 +186,9 @@ class SupervisedGeoDataModule(L.LightningDataModule):
             labels = vector_labels_dataset(label_entry, crs=image.crs, res=image.res)
         else:
             raise ConfigError(label_entry.where, f"a {label_entry.kind} entry cannot be labels")
-        self.lookup = ClassLookup(label_entry.classes, ignore_value_of(labels, label_entry), label_entry.where)
+        self.lookup = ClassLookup(
+            label_entry.classes, ignore_value_of(labels, label_entry), label_entry.where
+        )
         return IntersectionDataset(image, labels, transforms=self._map_mask)
 
     def _transform(self, image_entry: ImageryEntry) -> Any:
@@ -230,7 +232,9 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         self.setup()
         hp = self.hparams
         _, world = rank_and_world_size()
-        sampler = self._sampler(0, max(hp.batch_size, hp.chips_per_epoch // world), rank_seed(hp.seed))
+        sampler = self._sampler(
+            0, max(hp.batch_size, hp.chips_per_epoch // world), rank_seed(hp.seed)
+        )
         return _loader(self.dataset, sampler, hp.batch_size, hp.num_workers, drop_last=True)
 
     def _eval_loader(self, split: int) -> DataLoader:
@@ -246,7 +250,9 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         return self._eval_loader(2)
 
 
-def ignore_value_of(labels: GeoDataset, entry: RasterLabelsEntry | VectorLabelsEntry) -> float | None:
+def ignore_value_of(
+    labels: GeoDataset, entry: RasterLabelsEntry | VectorLabelsEntry
+) -> float | None:
     """The label value meaning "unlabelled" for a label dataset.
 
     Raster labels: ``ignore_value`` or the files' nodata. Vector labels: pixels outside every

@@ -149,7 +149,9 @@ def spatial_split_regions(
         cell
         for x in np.arange(xmin, xmax, block_size)
         for y in np.arange(ymin, ymax, block_size)
-        if not (cell := footprint.intersection(shapely.box(x, y, x + block_size, y + block_size))).is_empty
+        if not (
+            cell := footprint.intersection(shapely.box(x, y, x + block_size, y + block_size))
+        ).is_empty
     ]
     order = np.random.default_rng(seed).permutation(len(blocks))
     total = sum(b.area for b in blocks)

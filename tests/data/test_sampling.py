@@ -44,8 +44,9 @@ def test_nodata_heavy_chips_are_replaced(half_nodata: Catalog) -> None:
 
 
 def test_pretrain_batches_are_normalised_and_valid(half_nodata: Catalog) -> None:
-    dm = PretrainDataModule("scene", half_nodata.folder, chip_size=32, batch_size=8,
-                            chips_per_epoch=16, max_nodata=0.2)  # fmt: skip
+    dm = PretrainDataModule(
+        "scene", half_nodata.folder, chip_size=32, batch_size=8, chips_per_epoch=16, max_nodata=0.2
+    )
     batches = list(dm.train_dataloader())
     assert len(batches) == 2
     for batch in batches:
@@ -60,8 +61,15 @@ def test_two_ranks_draw_different_chips(half_nodata: Catalog, monkeypatch) -> No
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        dm = PretrainDataModule("scene", half_nodata.folder, chip_size=32, batch_size=4,
-                                chips_per_epoch=16, max_nodata=1.0, seed=7)  # fmt: skip
+        dm = PretrainDataModule(
+            "scene",
+            half_nodata.folder,
+            chip_size=32,
+            batch_size=4,
+            chips_per_epoch=16,
+            max_nodata=1.0,
+            seed=7,
+        )
         loader = dm.train_dataloader()
         assert len(loader.sampler) == 8, "each rank draws its share of the epoch"
         chips.append({tuple(b[:4].tolist()) for batch in loader for b in batch["bounds"]})
@@ -71,17 +79,28 @@ def test_two_ranks_draw_different_chips(half_nodata: Catalog, monkeypatch) -> No
 
 
 def test_splits_are_spatially_disjoint(half_nodata: Catalog) -> None:
-    dm = SupervisedGeoDataModule("scene", labels="labels", catalog=half_nodata.folder,
-                                 chip_size=16, batch_size=4, block_size=2, chips_per_epoch=64,
-                                 eval_chips=32, max_nodata=1.0)  # fmt: skip
+    dm = SupervisedGeoDataModule(
+        "scene",
+        labels="labels",
+        catalog=half_nodata.folder,
+        chip_size=16,
+        batch_size=4,
+        block_size=2,
+        chips_per_epoch=64,
+        eval_chips=32,
+        max_nodata=1.0,
+    )
     dm.setup()
     train, val, test = dm.regions
     for a, b in ((train, val), (train, test), (val, test)):
         assert a.intersection(b).area == pytest.approx(0, abs=1e-6)
     boxes = []
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
-        split_boxes = [shapely.box(float(b[0]), float(b[3]), float(b[1]), float(b[4]))
-                       for batch in loader for b in batch["bounds"]]  # fmt: skip
+        split_boxes = [
+            shapely.box(float(b[0]), float(b[3]), float(b[1]), float(b[4]))
+            for batch in loader
+            for b in batch["bounds"]
+        ]
         assert split_boxes
         boxes.append(shapely.union_all(split_boxes))
     for i in range(3):
@@ -99,11 +118,27 @@ def test_bitemporal_dates_in_other_crs_and_resolution_align(tmp_path: Path) -> N
             src.crs, "EPSG:3035", src.width, src.height, *src.bounds, resolution=15.0
         )
         warped = np.zeros((3, height, width), np.uint16)
-        reproject(first, warped, src_transform=src.transform, src_crs=src.crs,
-                  dst_transform=transform, dst_crs="EPSG:3035", resampling=Resampling.bilinear)  # fmt: skip
-    with rasterio.open(tmp_path / "t2.tif", "w", driver="GTiff", width=width, height=height,
-                       count=3, dtype="uint16", crs="EPSG:3035", transform=transform,
-                       nodata=0) as dst:  # fmt: skip
+        reproject(
+            first,
+            warped,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:3035",
+            resampling=Resampling.bilinear,
+        )
+    with rasterio.open(
+        tmp_path / "t2.tif",
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint16",
+        crs="EPSG:3035",
+        transform=transform,
+        nodata=0,
+    ) as dst:
         dst.write(warped)
     cat = tmp_path / "cat"
     write_entry(cat, "t1", "kind: imagery\npaths: ../t1.tif\nbands: 3\ndate: 2020-01-01\n")

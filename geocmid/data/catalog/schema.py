@@ -136,7 +136,8 @@ def _parse_classes(entry: Entry, raw: Any) -> list[ClassInfo]:
                 key = sorted(unknown)[0]
                 raise entry.error(
                     "classes",
-                    f"class {ivalue} has an unknown key '{key}'{did_you_mean(key, ['name', 'color'])}",
+                    f"class {ivalue} has an unknown key '{key}'"
+                    + did_you_mean(key, ["name", "color"]),
                     "each class takes only 'name' and 'color'",
                 )
             name = str(spec.get("name", f"class_{ivalue}"))
@@ -145,7 +146,9 @@ def _parse_classes(entry: Entry, raw: Any) -> list[ClassInfo]:
             raise entry.error("classes", f"class {ivalue}: expected a name or {{name, color}}")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
             raise entry.error(
-                "classes", f"class '{name}': colour {color!r} is not #RRGGBB", "write e.g. '#33a02c'"
+                "classes",
+                f"class '{name}': colour {color!r} is not #RRGGBB",
+                "write e.g. '#33a02c'",
             )
         classes.append(ClassInfo(ivalue, name, color))
     return classes
@@ -195,14 +198,17 @@ class ImageryEntry(Entry):
         """With ``band_files``: the files of each band, in band order."""
         assert self.band_files is not None
         groups = [
-            self.resolve_paths([self.band_files.replace("{band}", b)], "band_files", RASTER_SUFFIXES)
+            self.resolve_paths(
+                [self.band_files.replace("{band}", b)], "band_files", RASTER_SUFFIXES
+            )
             for b in self.bands
         ]
         counts = {len(g) for g in groups}
         if len(counts) != 1:
             raise self.error(
                 "band_files",
-                f"bands have different numbers of files: {dict(zip(self.bands, map(len, groups)))}",
+                "bands have different numbers of files: "
+                + str(dict(zip(self.bands, map(len, groups), strict=True))),
                 "every band needs one file per scene",
             )
         return groups
@@ -232,7 +238,9 @@ class RasterLabelsEntry(Entry):
 
     def files(self) -> list[Path]:
         if self.class_masks:
-            return self.resolve_paths(list(self.class_masks.values()), "class_masks", RASTER_SUFFIXES)
+            return self.resolve_paths(
+                list(self.class_masks.values()), "class_masks", RASTER_SUFFIXES
+            )
         return self.resolve_paths(self.paths, "paths", RASTER_SUFFIXES)
 
     def referenced_entries(self) -> list[str]:
@@ -307,7 +315,13 @@ class ImageFolderEntry(Entry):
 
 ENTRY_KINDS: dict[str, type[Entry]] = {
     cls.kind: cls
-    for cls in (ImageryEntry, RasterLabelsEntry, VectorLabelsEntry, BitemporalEntry, ImageFolderEntry)
+    for cls in (
+        ImageryEntry,
+        RasterLabelsEntry,
+        VectorLabelsEntry,
+        BitemporalEntry,
+        ImageFolderEntry,
+    )
 }
 
 
@@ -342,9 +356,13 @@ def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Ent
             )
     for key, (required, help_text) in cls.KEYS.items():
         if required and raw.get(key) in (None, "", []):
-            raise ConfigError(where, f"required key '{key}' is missing", f"add '{key}': {help_text}")
+            raise ConfigError(
+                where, f"required key '{key}' is missing", f"add '{key}': {help_text}"
+            )
     name = str(raw.get("name") or name)
-    entry = cls(name=name, source=source, base_dir=base_dir, description=str(raw.get("description", "")))
+    entry = cls(
+        name=name, source=source, base_dir=base_dir, description=str(raw.get("description", ""))
+    )
     values = {k: v for k, v in raw.items() if k not in Entry.KEYS}
 
     if isinstance(entry, ImageryEntry):
@@ -357,13 +375,17 @@ def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Ent
             raise entry.error("bands", "band names repeat", "give each band a distinct name")
         entry.band_files = values.get("band_files")
         if entry.band_files is not None and "{band}" not in str(entry.band_files):
-            raise entry.error("band_files", "the pattern has no {band} placeholder", "e.g. 'B{band}.tif'")
+            raise entry.error(
+                "band_files", "the pattern has no {band} placeholder", "e.g. 'B{band}.tif'"
+            )
         if bool(entry.paths) == bool(entry.band_files):
             raise entry.error(None, "give exactly one of 'paths' or 'band_files'")
         entry.rgb = [str(b) for b in _as_list(values.get("rgb"))]
         missing = [b for b in entry.rgb if b not in entry.bands]
         if missing or (entry.rgb and len(entry.rgb) != 3):
-            raise entry.error("rgb", f"expected 3 of the entry's bands {entry.bands}, got {entry.rgb}")
+            raise entry.error(
+                "rgb", f"expected 3 of the entry's bands {entry.bands}, got {entry.rgb}"
+            )
         entry.nodata = None if values.get("nodata") is None else float(values["nodata"])
         entry.date = None if values.get("date") is None else _parse_date(entry, values["date"])
         entry.date_pattern = values.get("date_pattern")

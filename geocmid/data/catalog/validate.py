@@ -52,7 +52,7 @@ def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
             raise DataError(
                 str(info.path),
                 "has no CRS or georeferencing",
-                "set 'assign_crs' in the entry if only the CRS is missing, or georeference the file",
+                "set 'assign_crs' if only the CRS is missing, or georeference the file",
             )
     parse_crs(entry.crs, f"{entry.where}, key 'crs'")
     parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'")
@@ -67,7 +67,9 @@ def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) ->
     if entry.align_with:
         if catalog is None:
             raise entry.error("align_with", "needs a catalog to look the imagery entry up")
-        reference = catalog.get_kind(entry.align_with, ImageryEntry, f"{entry.where}, key 'align_with'")
+        reference = catalog.get_kind(
+            entry.align_with, ImageryEntry, f"{entry.where}, key 'align_with'"
+        )
         ref = raster_info(reference.files()[0])
         for info in infos:
             if (info.width, info.height) != (ref.width, ref.height):
@@ -97,7 +99,9 @@ def validate_vector_labels(entry: VectorLabelsEntry) -> list[dict]:
             info = pyogrio.read_info(path, layer=entry.layer)
         except Exception as error:  # pyogrio raises several DataSource/Layer error types
             raise DataError(
-                str(path), f"cannot be read as a vector file ({error})", "check the file and 'layer'"
+                str(path),
+                f"cannot be read as a vector file ({error})",
+                "check the file and 'layer'",
             ) from None
         fields = list(info["fields"])
         if entry.class_attribute and entry.class_attribute not in fields:
@@ -126,7 +130,8 @@ def validate_bitemporal(entry: BitemporalEntry, catalog: Catalog) -> list[Raster
     if len(before.bands) != len(after.bands):
         raise entry.error(
             None,
-            f"'{before.name}' has {len(before.bands)} bands but '{after.name}' has {len(after.bands)}",
+            f"'{before.name}' has {len(before.bands)} bands "
+            f"but '{after.name}' has {len(after.bands)}",
             "both dates need the same bands in the same order",
         )
     crs = parse_crs(before.crs, before.where) or before_infos[0].crs
@@ -158,7 +163,9 @@ def validate_image_folder(entry: ImageFolderEntry) -> dict[str, int]:
         raise entry.error("root", f"{root} has no class sub-folders", "make one folder per class")
     for name in entry.classes:
         if name not in counts:
-            raise entry.error("classes", f"no folder for class '{name}'{did_you_mean(name, counts)}")
+            raise entry.error(
+                "classes", f"no folder for class '{name}'{did_you_mean(name, counts)}"
+            )
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
         raise entry.error(
@@ -183,7 +190,6 @@ def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
     elif isinstance(entry, ImageFolderEntry):
         report.image_counts = validate_image_folder(entry)
     return report
-
 
 
 __all__ = ["EntryReport", "validate", "validate_imagery"]

@@ -75,7 +75,9 @@ class BitemporalDataset(GeoDataset):
             "image": torch.stack([before["image"], after]),
             "valid": before["valid"] & valid_after,
             "bounds": self._slice_to_tensor((x, y, t)),
-            "transform": torch.tensor(rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)),
+            "transform": torch.tensor(
+                rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
+            ),
         }
         if self.labels is not None:
             mask = self._read(self.labels, x, y, "mask")

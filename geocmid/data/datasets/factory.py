@@ -20,7 +20,7 @@ from geocmid.data.catalog import (
 )
 from geocmid.data.datasets.bitemporal import BitemporalDataset
 from geocmid.data.datasets.folder import ImageFolderDataset
-from geocmid.data.datasets.labels import ClassMaskDataset, CatalogVectorDataset
+from geocmid.data.datasets.labels import CatalogVectorDataset, ClassMaskDataset
 from geocmid.data.datasets.raster import CatalogRasterDataset, band_regex_from_pattern
 from geocmid.data.rasters import open_raster, parse_crs
 from geocmid.errors import ConfigError
@@ -36,7 +36,7 @@ def imagery_dataset(
     transforms: Transform | None = None,
     check: bool = True,
 ) -> CatalogRasterDataset:
-    """A :class:`CatalogRasterDataset` over an imagery entry (warped to ``crs``/``res`` if given)."""
+    """A :class:`CatalogRasterDataset` over an imagery entry, warped to ``crs``/``res`` if given."""
     if check:
         validate(entry)
     crs = crs or parse_crs(entry.crs, f"{entry.where}, key 'crs'")
@@ -57,7 +57,9 @@ def imagery_dataset(
     )
 
 
-def _reference_grid(entry: RasterLabelsEntry, catalog: Catalog | None) -> tuple[RIO_CRS, Any] | None:
+def _reference_grid(
+    entry: RasterLabelsEntry, catalog: Catalog | None
+) -> tuple[RIO_CRS, Any] | None:
     if not entry.align_with or catalog is None:
         return None
     reference = catalog.get_kind(entry.align_with, ImageryEntry)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchgeo.datasets import VectorDataset
@@ -66,9 +65,7 @@ class ClassMaskDataset(CatalogRasterDataset):
     ``ignore_value`` (e.g. Taizhou's change / no-change masks leave some pixels unlabelled).
     """
 
-    def __init__(
-        self, class_files: dict[int, Path], *, ignore_value: int, **kwargs: Any
-    ) -> None:
+    def __init__(self, class_files: dict[int, Path], *, ignore_value: int, **kwargs: Any) -> None:
         self.class_files = {v: str(p) for v, p in class_files.items()}
         self.ignore_value = ignore_value
         first = next(iter(self.class_files.values()))
@@ -88,7 +85,9 @@ class ClassMaskDataset(CatalogRasterDataset):
         return {
             "mask": out,
             "bounds": self._slice_to_tensor((x, y, t)),
-            "transform": torch.tensor(rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)),
+            "transform": torch.tensor(
+                rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
+            ),
         }
 
 
@@ -98,5 +97,3 @@ class CatalogVectorDataset(VectorDataset):
     def __init__(self, files: Sequence[Path], **kwargs: Any) -> None:
         self.filename_glob = "*"
         super().__init__(paths=[str(f) for f in files], **kwargs)
-
-

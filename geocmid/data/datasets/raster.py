@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
+import rasterio.transform
 import torch
 from affine import Affine
 from pyproj import CRS as PROJ_CRS
@@ -30,9 +32,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torch import Tensor
 from torchgeo.datasets import RasterDataset
-from torchgeo.datasets.utils import GeoSlice, array_to_tensor
-
-from geocmid.errors import DataError
+from torchgeo.datasets.utils import GeoSlice
 
 Sample = dict[str, Any]
 #: Tolerance, in pixels, for calling a chip "on the file's grid".
@@ -147,12 +147,38 @@ class CatalogRasterDataset(RasterDataset):
         out_crs: PROJ_CRS | None = None,
     ) -> Tensor:
         if not self.time_series:
-            handles = [self._cached_load_warp_file(f, out_crs or self.crs) for f in filepaths]
+            handles = [self._handle(f) for f in filepaths]
             data = self._read_on_grid(handles, index, band_indexes)
             if data is not None:
                 # Convert in numpy: torch's intra-op threads cost more than they save on chips.
                 return torch.from_numpy(data.astype(np.float32 if self.is_image else np.int64))
         return super()._merge_or_stack(filepaths, index, band_indexes, out_crs)
+
+    def _handle(self, filepath: str) -> DatasetReader | WarpedVRT:
+        """Open file handle on the dataset's CRS, cached per process.
+
+        GDAL handles must not cross a fork: DataLoader workers inheriting the parent's open
+        files share their file offsets and read corrupt blocks, so each process opens its own.
+        """
+        if getattr(self, "_handles_pid", None) != os.getpid():
+            self._handles: dict[str, DatasetReader | WarpedVRT] = {}
+            self._handles_pid = os.getpid()
+        handle = self._handles.get(filepath)
+        if handle is None:
+            handle = rasterio.open(filepath)
+            if self.assign_crs or self.reference_grid or handle.crs != self._rio_crs:
+                handle.close()
+                handle = self._load_warp_file(filepath, self.crs)
+            # Else the plain file: a WarpedVRT on an identical grid (TorchGeo's way of overriding
+            # nodata) decodes through the warper at ~3x the cost; nodata is applied on read.
+            self._handles[filepath] = handle
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_handles", None)
+        state.pop("_handles_pid", None)
+        return state
 
     def _grid_window(
         self, src: DatasetReader | WarpedVRT, index: GeoSlice
@@ -162,7 +188,9 @@ class CatalogRasterDataset(RasterDataset):
         t = src.transform
         if src.crs != self._rio_crs or t.b != 0 or t.d != 0:
             return None
-        if not (math.isclose(x.step, t.a, rel_tol=1e-9) and math.isclose(y.step, -t.e, rel_tol=1e-9)):
+        if not (
+            math.isclose(x.step, t.a, rel_tol=1e-9) and math.isclose(y.step, -t.e, rel_tol=1e-9)
+        ):
             return None
         exact = ((x.start - t.c) / t.a, (t.f - y.stop) / -t.e,
                  (x.stop - x.start) / x.step, (y.stop - y.start) / y.step)  # fmt: skip
@@ -216,8 +244,53 @@ class CatalogRasterDataset(RasterDataset):
             self._bounds_cache = cached
         return cached[1]
 
+    def _file_table(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Paths, bounds ``[N, 4]`` and time intervals of the index as arrays (cached)."""
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] is not self.index:
+            bounds = self.index.geometry.bounds.to_numpy()
+            mint = self.index.index.left.to_numpy().astype("datetime64[ns]")
+            maxt = self.index.index.right.to_numpy().astype("datetime64[ns]")
+            cached = (self.index, (list(self.index.filepath), bounds, mint, maxt))
+            self._table_cache = cached
+        return cached[1]
+
+    def _read_fast(self, index: GeoSlice) -> Sample | None:
+        """The sample through windowed reads, or None where TorchGeo's general path is needed.
+
+        Selecting files with numpy instead of a GeoDataFrame query saves ~1 ms per chip, about
+        as long as decoding a cached 256² chip.
+        """
+        if self.separate_files or self.time_series:
+            return None
+        x, y, t = self._disambiguate_slice(index)
+        paths, bounds, mint, maxt = self._file_table()
+        hit = (
+            (bounds[:, 0] <= x.stop) & (bounds[:, 2] >= x.start)
+            & (bounds[:, 1] <= y.stop) & (bounds[:, 3] >= y.start)
+            & (mint <= np.datetime64(t.stop, "ns")) & (maxt >= np.datetime64(t.start, "ns"))
+        )  # fmt: skip
+        rows = np.flatnonzero(hit)
+        if len(rows) == 0:
+            raise IndexError(f"index: {index} not found in dataset with bounds: {self.bounds}")
+        data = self._read_on_grid(
+            [self._handle(paths[i]) for i in rows], (x, y, t), self.band_indexes
+        )
+        if data is None:
+            return None
+        transform = rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
+        sample: Sample = {
+            "bounds": self._slice_to_tensor((x, y, t)),
+            "transform": torch.tensor(transform),
+        }
+        if self.is_image:
+            sample["image"] = torch.from_numpy(data.astype(np.float32))
+        else:
+            sample["mask"] = torch.from_numpy(data.astype(np.int64)).squeeze(-3)
+        return sample
+
     def __getitem__(self, index: GeoSlice) -> Sample:
-        sample = super().__getitem__(index)
+        sample = self._read_fast(index) or super().__getitem__(index)
         if self.is_image and self.band_nodata is not None:
             sample["valid"] = valid_mask_per_band(sample["image"], self.band_nodata)
         elif self.is_image:
