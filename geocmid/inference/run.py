@@ -1,0 +1,264 @@
+"""One prediction run, files in and files out: plan → blocks → assemble → outputs.
+
+This is the function the command line and the Python API call. It is restartable: completed
+blocks live in a work folder beside the outputs, so rerunning the same call after an interruption
+finishes the job, and ``part=(i, n)`` lets ``n`` processes share the blocks (then one call with
+``part=None`` assembles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+
+from geocmid.errors import ConfigError, DataError
+from geocmid.inference import assemble, summary
+from geocmid.inference.detections import boxes_frame, merge_boxes
+from geocmid.inference.engine import RunSettings, blocks_for_part, run_blocks
+from geocmid.inference.predictor import Predictor
+from geocmid.inference.reader import plan_scenes
+from geocmid.inference.store import WorkDir, fingerprint_model
+from geocmid.inference.vectorize import polygons, scene_cells
+from geocmid.inference.writers import (
+    GDAL_ENV,
+    atomic_path,
+    ensure_output_dir,
+    provenance_tags,
+    refuse_existing,
+    write_class_cog,
+    write_probability_cog,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write besides the class raster / main vector layer.
+
+    Attributes:
+        probabilities: also write the per-class probability COG (uint8 percent).
+        vectors: polygons from the class raster (segmentation, change).
+        simplify: polygon simplification tolerance in pixels (0: none).
+        min_area: drop polygons smaller than this many m².
+        geojson: also write the vectors as GeoJSON in EPSG:4326.
+        quicklook: write a PNG preview.
+        iou: detection merge threshold across windows.
+        min_valid: scene classification: minimum valid fraction of a cell.
+    """
+
+    probabilities: bool = False
+    vectors: bool = True
+    simplify: float = 0.0
+    min_area: float = 0.0
+    geojson: bool = False
+    quicklook: bool = True
+    iou: float = 0.5
+    min_valid: float = 0.5
+
+
+@dataclass
+class PredictionResult:
+    """Paths written (``classes``, ``probabilities``, ``vectors``, ``geojson``, ``summary``,
+    ``quicklook``), the summary dictionary, and whether the run is complete (a ``part`` run
+    that is not the last to finish leaves assembling to a later call)."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+    blocks_run: int = 0
+
+
+def output_paths(out_dir: Path, name: str, task: str, options: OutputOptions) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
+    if task in ("segmentation", "change"):
+        paths["classes"] = out_dir / f"{name}_classes.tif"
+        if options.probabilities:
+            paths["probabilities"] = out_dir / f"{name}_probabilities.tif"
+    if task in ("classification", "detection") or options.vectors:
+        paths["vectors"] = out_dir / f"{name}.gpkg"
+        if options.geojson:
+            paths["geojson"] = out_dir / f"{name}.geojson"
+    paths["summary"] = out_dir / f"{name}_summary.json"
+    if options.quicklook:
+        paths["quicklook"] = out_dir / f"{name}_quicklook.png"
+    return paths
+
+
+def default_name(inputs: list[Any]) -> str:
+    return "_".join(Path(str(p)).stem for p in inputs)
+
+
+def predict_scene(
+    predictor: Predictor,
+    inputs: list[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    name: str | None = None,
+    settings: RunSettings | None = None,
+    options: OutputOptions | None = None,
+    *,
+    grid: str = "first",
+    resampling: str = "bilinear",
+    bands: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+    part: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> PredictionResult:
+    """Predict one scene (or one pair of dated scenes for ``change``) into ``out_dir``.
+
+    Raises:
+        DataError: unreadable or non-overlapping inputs, unwritable or existing outputs.
+        ModelError: the model's bands or outputs do not fit the card / the image.
+        ConfigError: invalid settings, or an unfinished run with other settings is in the way.
+    """
+    settings, options = settings or RunSettings(), options or OutputOptions()
+    task, card = predictor.task, predictor.model_card
+    expected = 2 if task == "change" else 1
+    if len(inputs) != expected:
+        raise ConfigError(
+            "inputs",
+            f"task '{task}' takes {expected} scene(s) per run, got {len(inputs)}",
+            "pass two dated scenes for change, one scene otherwise",
+        )
+    out = ensure_output_dir(out_dir)
+    name = name or default_name(list(inputs))
+    plan = plan_scenes(list(inputs), card, grid=grid, resampling=resampling, bands=bands)
+    layout = settings.layout(plan.grid.height, plan.grid.width, task)
+    paths = output_paths(out, name, task, options)
+    config = {
+        "task": task,
+        "inputs": [_file_id(p) for p in inputs],
+        "grid": grid,
+        "resampling": resampling,
+        "bands": [list(s.bands) for s in plan.scenes],
+        "settings": dataclasses.asdict(settings),
+        "model": fingerprint_model(predictor.model),
+        "change_input": predictor.change_input,
+    }
+    work = WorkDir(out / f".{name}.geocmid-work", {**config, "card": card.to_dict()})
+    if not work.exists:
+        refuse_existing(list(paths.values()), overwrite)
+    work.prepare(overwrite)
+    result = PredictionResult()
+    with rasterio.Env(**GDAL_ENV):
+        blocks = blocks_for_part(layout, part)
+        result.blocks_run = run_blocks(predictor, plan, layout, work, blocks, settings, progress)
+        missing = [b for b in layout.blocks() if not work.is_done(b)]
+        if missing:
+            if part is None:
+                raise DataError(str(work.path), f"{len(missing)} block(s) missing", "rerun")
+            log.info("part %s/%s done; %d block(s) left to other parts", *part, len(missing))
+            result.complete = False
+            return result
+        tags = provenance_tags(card, {**config, "inputs": [str(p) for p in inputs]})
+        result.summary = {
+            "task": task,
+            "name": name,
+            "inputs": [str(p) for p in inputs],
+            "grid": summary.grid_dict(plan.grid),
+            "settings": dataclasses.asdict(settings),
+            "model_card": card.to_dict(),
+        }
+        if task in ("segmentation", "change"):
+            _finish_dense(predictor, work, layout, plan.grid, paths, options, tags, result)
+        else:
+            _finish_objects(predictor, work, layout, plan, paths, options, result)
+        result.summary["outputs"] = {k: str(v) for k, v in paths.items()}
+        summary.write_summary(paths["summary"], result.summary)
+    result.outputs = paths
+    work.remove()
+    return result
+
+
+def _file_id(path: Any) -> dict[str, Any]:
+    stat = Path(str(path)).stat()
+    return {
+        "path": str(Path(str(path)).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _finish_dense(
+    predictor: Predictor,
+    work: WorkDir,
+    layout: Any,
+    grid: Any,
+    paths: dict[str, Path],
+    options: OutputOptions,
+    tags: dict[str, str],
+    result: PredictionResult,
+) -> None:
+    card = predictor.model_card
+    cls_tmp, prob_tmp, stats = assemble.assemble_dense(work, layout, grid, card, work.path)
+    if "probabilities" in paths:
+        # Copy first: the class step below reads the temporary probabilities for vectors.
+        write_probability_cog(prob_tmp, paths["probabilities"], card, tags)
+    write_class_cog(cls_tmp, paths["classes"], card, tags)
+    frame = None
+    if "vectors" in paths:
+        frame = polygons(
+            paths["classes"],
+            prob_tmp,
+            card,
+            predictor.background,
+            options.simplify,
+            options.min_area,
+        )
+        _write_vectors(frame, paths, "changes" if predictor.task == "change" else "polygons")
+    if "quicklook" in paths:
+        summary.quicklook_classes(paths["classes"], card, paths["quicklook"])
+    result.summary["nodata_pixels"] = stats.nodata_pixels
+    result.summary["classes"] = summary.class_table(card, stats.pixels, stats.area_m2, frame)
+
+
+def _finish_objects(
+    predictor: Predictor,
+    work: WorkDir,
+    layout: Any,
+    plan: Any,
+    paths: dict[str, Path],
+    options: OutputOptions,
+    result: PredictionResult,
+) -> None:
+    card, grid = predictor.model_card, plan.grid
+    parts: dict[str, list[np.ndarray]] = {}
+    for block in layout.blocks():
+        with work.load_block(block) as arrays:
+            for key in arrays.files:
+                parts.setdefault(key, []).append(arrays[key])
+    if predictor.task == "detection":
+        merged = merge_boxes(np.concatenate(parts["boxes"]), options.iou)
+        frame = boxes_frame(merged, grid, card)
+        layer = "detections"
+    else:
+        frame = scene_cells(
+            np.concatenate(parts["cells"]),
+            np.concatenate(parts["probs"]),
+            np.concatenate(parts["valid_fraction"]),
+            layout,
+            grid,
+            card,
+            options.min_valid,
+        )
+        layer = "cells"
+    _write_vectors(frame, paths, layer)
+    if "quicklook" in paths:
+        summary.quicklook_scene(plan.scenes[0].path, grid, frame, card, paths["quicklook"])
+    result.summary["classes"] = summary.class_table(card, objects=frame)
+
+
+def _write_vectors(frame: gpd.GeoDataFrame, paths: dict[str, Path], layer: str) -> None:
+    with atomic_path(paths["vectors"]) as tmp:
+        frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
+    if "geojson" in paths:
+        with atomic_path(paths["geojson"]) as tmp:
+            frame.to_crs(4326).to_file(tmp, driver="GeoJSON", engine="pyogrio")
