@@ -1,0 +1,135 @@
+"""CMIDTask: lr schedule and scaling, weight-decay groups, EMA after the optimizer step, logging,
+health metrics and the kNN probe."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from geocmid.cmid.callbacks import HealthMonitor, KNNProbe, embedding_health, knn_accuracy
+from geocmid.cmid.task import CMIDTask, lr_factor, param_groups
+from tests.cmid.test_pretrain_cli import TINY_MODEL
+from tests.rasters import write_entry, write_raster
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    lr, min_lr, total, warm = 4e-3, 1e-6, 1000, 100
+    f = [lr * lr_factor(k, total, warm, lr, min_lr, 0.01) for k in range(total + 1)]
+    cos = [min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * k / total)) for k in (0, 50)]
+    assert f[0] == pytest.approx(0.01 * lr)  # starts at 1 %
+    assert f[50] == pytest.approx((0.01 + 0.99 * 0.5) * cos[1])  # warmup multiplies the cosine
+    assert max(f) == pytest.approx(f[warm]) and f[warm] < lr  # peak at the warmup end
+    assert f[-1] == pytest.approx(min_lr)
+    assert all(a >= b for a, b in zip(f[warm:], f[warm + 1 :], strict=False))
+
+
+def test_no_weight_decay_on_1d_params_and_frozen_teacher() -> None:
+    task = CMIDTask("resnet18", 3, 64, model_kwargs=TINY_MODEL)
+    decay, no_decay = param_groups(task.model, 0.02)
+    assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(
+        p.ndim <= 1 for p in no_decay["params"]
+    )
+    ids = {id(p) for g in (decay, no_decay) for p in g["params"]}
+    assert id(task.model.student.mask_token) in {id(p) for p in decay["params"]}
+    assert not any(id(p) in ids for p in task.model.teacher.parameters())
+    n_trainable = sum(1 for p in task.model.parameters() if p.requires_grad)
+    assert len(ids) == n_trainable
+
+
+class _Probe(L.Callback):
+    """Teacher/student snapshots around the first EMA update."""
+
+    def __init__(self) -> None:
+        self.snap: dict[str, torch.Tensor | float] = {}
+
+    @staticmethod
+    def _conv1(module) -> torch.Tensor:
+        return module.model.conv1.weight.detach().clone()
+
+    def on_train_start(self, trainer, task) -> None:
+        self.snap["teacher_initial"] = self._conv1(task.model.teacher)
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
+        # callbacks run before the task's own hook: the optimizer has stepped, the EMA not yet
+        if trainer.global_step == 1 and "student" not in self.snap:
+            self.snap["student"] = self._conv1(task.model.student.backbone)
+            self.snap["teacher_before"] = self._conv1(task.model.teacher)
+            self.snap["lr"] = trainer.optimizers[0].param_groups[0]["initial_lr"]
+
+    def on_train_batch_start(self, trainer, task, batch, batch_idx) -> None:
+        if "student" in self.snap and "teacher_after" not in self.snap:
+            self.snap["teacher_after"] = self._conv1(task.model.teacher)
+            self.snap["tau"] = task.ema_tau
+
+
+def test_training_step_ema_lr_scaling_and_logging(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    loader = DataLoader([{"image": torch.randn(3, 64, 64)} for _ in range(4)], batch_size=2)
+    task = CMIDTask(
+        "resnet18", 3, 64, bands=["r", "g", "b"], rgb_bands=["r", "g", "b"],
+        model_kwargs=TINY_MODEL, batch_size=2, base_lr=2.56e-2, warmup_epochs=0.5,
+    )  # fmt: skip
+    probe = _Probe()
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=2, accumulate_grad_batches=2, accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[probe, HealthMonitor()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(task, loader)
+    s = probe.snap
+    # lr = base_lr × (2 per device × 1 device × 2 accumulated) / 256
+    assert s["lr"] == pytest.approx(2.56e-2 * 4 / 256)
+    assert trainer.global_step == 2  # 2 epochs × 1 optimizer step (accumulation 2)
+    # batch 0 did not step the optimizer, so it did not move the teacher either
+    assert torch.equal(s["teacher_before"], s["teacher_initial"])
+    # the teacher follows the student *after* its step: θ_t ← τ θ_t + (1 − τ) θ_s, τ_0 = 0.996
+    assert s["tau"] == pytest.approx(0.996)
+    expected = s["tau"] * s["teacher_before"] + (1 - s["tau"]) * s["student"]
+    assert torch.allclose(s["teacher_after"], expected, atol=1e-7)
+    assert not torch.equal(s["student"], s["teacher_before"])
+    m = trainer.callback_metrics
+    for key in ("train/loss_epoch", "train/loss_rec_epoch", "train/loss_fft_epoch",
+                "train/loss_global_epoch", "train/loss_local_epoch", "health/feat_std",
+                "health/feat_cos", "health/feat_std_norm"):  # fmt: skip
+        assert key in m, key
+    assert float(m["train/teacher_temp"]) == pytest.approx(task.model.teacher_temperature(1))
+
+
+def test_health_metrics_detect_collapse() -> None:
+    g = torch.Generator().manual_seed(0)
+    spread = embedding_health(torch.randn(64, 128, generator=g))
+    collapsed = embedding_health(torch.ones(64, 128) + 1e-4 * torch.randn(64, 128, generator=g))
+    assert spread["std_norm"] > 0.8 and abs(spread["cos"]) < 0.1
+    assert collapsed["std_norm"] < 0.05 and collapsed["cos"] > 0.99
+
+
+def test_knn_accuracy_on_separable_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 5
+    y = torch.arange(60) % 3
+    z = centres[y] + 0.1 * torch.randn(60, 16, generator=g)
+    assert knn_accuracy(z[:45], y[:45], z[45:], y[45:], k=20) == 1.0
+    shuffled = y[torch.randperm(60, generator=g)]
+    assert knn_accuracy(z[:45], shuffled[:45], z[45:], y[45:], k=20) < 0.8
+
+
+def test_knn_probe_from_image_folder_entry(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for c, level in (("water", 200), ("field", 900)):
+        for i in range(6):
+            img = (level + 20 * rng.standard_normal((3, 32, 32))).astype(np.uint16)
+            write_raster(tmp_path / "chips" / c / f"{i}.tif", img)
+    write_entry(tmp_path / "cat", "scenes", "kind: image_folder\nroot: ../chips\n")
+    probe = KNNProbe.from_entry(
+        "scenes", tmp_path / "cat", 64, mean=[500] * 3, std=[300] * 3, k=3, holdout=3
+    )
+    assert probe.images.shape == (12, 3, 64, 64) and probe.query.sum() == 4
+    # the raw mean intensity separates these two classes perfectly
+    assert probe.accuracy(lambda x: x.mean(dim=(2, 3)) + torch.tensor([0.0, 1.0, 0.0])) == 1.0
