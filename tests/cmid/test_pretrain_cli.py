@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -36,6 +37,12 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_entry(cat, "rgb", "kind: imagery\npaths: ../rgb.tif\nbands: [r, g, b]\nrgb: [r, g, b]\n")
     bands = ", ".join(f"B{i:02d}" for i in range(1, 14))
     write_entry(cat, "s2", f"kind: imagery\npaths: ../s2.tif\nbands: [{bands}]\n")
+    rng = np.random.default_rng(0)
+    for c, level in (("dark", 700), ("bright", 1300)):  # labelled chips for the kNN probe
+        for i in range(5):
+            img = (level + 30 * rng.standard_normal((3, 32, 32))).astype(np.uint16)
+            write_raster(root / "chips" / c / f"{i}.tif", img)
+    write_entry(cat, "chips", "kind: image_folder\nroot: ../chips\n")
     for name in ("rgb", "s2"):  # stats once, so every run does not re-estimate them
         assert main(["--catalog", str(cat), "catalog", "stats", name]) == 0
     return cat
@@ -145,12 +152,14 @@ def test_vit_on_3_bands_with_dotted_overrides(catalog: Path, tmp_path: Path) -> 
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
     args = ["pretrain", "--config", str(config), "--backbone", "vit_small",
-            "--set", "model.mask_ratio=0.5", "--optim.optimizer", "adamw"]  # fmt: skip
+            "--set", "model.mask_ratio=0.5", "--optim.optimizer", "adamw",
+            "--health.knn_entry", "chips", "--set", "health.knn_k=3"]  # fmt: skip
     assert main(args) == 0
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["backbone"] == "vit_small"
     assert resolved["model"]["mask_ratio"] == 0.5 and resolved["optim"]["optimizer"] == "adamw"
     assert last_ckpt(run_dir)["hyper_parameters"]["model_kwargs"]["mask_ratio"] == 0.5
+    assert any(r.get("health/knn_acc") for r in metrics(run_dir))
 
 
 @pytest.mark.shared
