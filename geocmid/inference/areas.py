@@ -42,7 +42,7 @@ def pixel_area_rows(transform: Affine, crs: CRS | None, row0: int, nrows: int) -
     out = np.empty(nrows)
     for n in range(nrows):
         r = row0 + n
-        corners = [transform * (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))]
+        corners = [transform @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))]
         lons, lats = zip(*corners, strict=True)
         out[n] = abs(geod.polygon_area_perimeter(lons, lats)[0])
     return out

@@ -43,8 +43,8 @@ class Grid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` in CRS units (north-up grids)."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
         return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
 
     def same_as(self, other: Grid) -> bool:
@@ -176,10 +176,10 @@ def _check_overlap(paths: list[Any], grids: list[Grid], target: Grid, choice: st
         return target
     # Crop the first scene's grid to the intersection, outward to whole pixels.
     inv = ~target.transform
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    cols, rows = zip(*(inv @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
     c0, c1 = max(0, math.floor(min(cols) + 1e-6)), min(target.width, math.ceil(max(cols) - 1e-6))
     r0, r1 = max(0, math.floor(min(rows) + 1e-6)), min(target.height, math.ceil(max(rows) - 1e-6))
-    return Grid(target.crs, target.transform * Affine.translation(c0, r0), c1 - c0, r1 - r0)
+    return Grid(target.crs, target.transform @ Affine.translation(c0, r0), c1 - c0, r1 - r0)
 
 
 def _pixel_offset(src: Grid, target: Grid) -> tuple[int, int] | None:
@@ -193,7 +193,7 @@ def _pixel_offset(src: Grid, target: Grid) -> tuple[int, int] | None:
     )
     if not same_scale:
         return None
-    col, row = ~a * (t.c, t.f)
+    col, row = ~a @ (t.c, t.f)
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return round(row), round(col)

@@ -96,7 +96,7 @@ def quicklook_scene(
     colours = {c.value: tuple(c.color[:3]) for c in card.classes}
     for geom, value in zip(frame.geometry, frame["class_value"], strict=True):
         x0, y0, x1, y1 = geom.bounds
-        (c0, r0), (c1, r1) = inv * (x0, y1), inv * (x1, y0)
+        (c0, r0), (c1, r1) = inv @ (x0, y1), inv @ (x1, y0)
         draw.rectangle(
             [min(c0, c1) * sx, min(r0, r1) * sy, max(c0, c1) * sx, max(r0, r1) * sy],
             outline=colours.get(int(value), (255, 0, 0)),

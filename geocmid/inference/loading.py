@@ -1,0 +1,73 @@
+"""Loading a model for the command line: the one place to swap when task checkpoints exist.
+
+Accepted today:
+
+- a TorchScript file (``.pt``, ``.pth``, ``.ts``, ``.jit``): ``torch.jit.load``;
+- a ``torch.export`` program (``.pt2``): ``torch.export.load(...).module()``;
+- ``package.module:callable``: a factory returning the model (called with no arguments).
+
+Nothing is downloaded; pickled checkpoints are never unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geocmid.errors import ModelError
+from geocmid.inference.card import ModelCard
+from geocmid.inference.predictor import Predictor
+
+
+def load_model(spec: str, device: str = "cpu") -> Any:
+    """Load a model from a file or a ``module:callable`` factory (see the module docstring)."""
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ts", ".jit", ".pt2"):
+        if not path.exists():
+            raise ModelError(spec, "does not exist", "pass an exported model file")
+        try:
+            if path.suffix == ".pt2":
+                return torch.export.load(str(path)).module()
+            return torch.jit.load(str(path), map_location=device)
+        except Exception as error:
+            raise ModelError(
+                spec,
+                f"is not a TorchScript / torch.export model ({type(error).__name__}: {error})",
+                "export the model with torch.jit.script / torch.export, or use module:callable",
+            ) from error
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise ModelError(
+                spec, f"cannot be imported ({error})", "check module:callable"
+            ) from error
+        return factory()
+    raise ModelError(
+        spec,
+        "is neither a model file (.pt, .pth, .ts, .pt2) nor module:callable",
+        "pass e.g. model.pt or mypackage.models:build_model",
+    )
+
+
+def load_predictor(
+    model: str,
+    card: str | Path,
+    task: str,
+    device: str = "cpu",
+    change_input: str = "stacked",
+    background: int | None = 0,
+) -> Predictor:
+    """Build a :class:`Predictor` from a model spec and a model card JSON file."""
+    return Predictor(
+        model=load_model(model, device),
+        card=ModelCard.from_file(card),
+        task=task,  # type: ignore[arg-type]
+        device=device,
+        change_input=change_input,  # type: ignore[arg-type]
+        background=background,
+    )
