@@ -137,6 +137,9 @@ def main() -> None:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "geocmid-bench-chips"
     )
     args = parser.parse_args()
+    # DataLoader workers run torch single-threaded; do the same in the main process so that
+    # workers=0 measures reading, not intra-op thread start-up on tiny tensors (all paths alike).
+    torch.set_num_threads(1)
     args.cache.mkdir(parents=True, exist_ok=True)
     files = make_mosaic(args.cache, args.size)
     cat = args.cache / "catalog"

@@ -70,6 +70,9 @@ def _loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw:
 class PretrainDataModule(L.LightningDataModule):
     """Unlabelled chips from one imagery entry for self-supervised pretraining.
 
+    Loader batches hold raw pixel values; the Trainer normalises them on the device through
+    :meth:`on_after_batch_transfer` (call it yourself when iterating the loader by hand).
+
     Args:
         entry: imagery entry name (or YAML path) in ``catalog``.
         catalog: catalog folder.
@@ -97,6 +100,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.catalog = Catalog(catalog)
         self.entry = self.catalog.get_kind(entry, ImageryEntry)
         self.dataset: GeoDataset | None = None
+        self.normalize: Normalize | None = None
 
     @property
     def bands(self) -> list[str]:
@@ -104,8 +108,14 @@ class PretrainDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            normalize = entry_normalizer(self.entry)
-            self.dataset = imagery_dataset(self.entry, transforms=normalize)
+            self.normalize = entry_normalizer(self.entry)
+            self.dataset = imagery_dataset(self.entry)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Normalise each batch on its device (per-band statistics of the entry; nodata → 0)."""
+        self.setup()
+        assert self.normalize is not None
+        return self.normalize.batch(batch)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

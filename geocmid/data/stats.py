@@ -96,6 +96,22 @@ class Normalize:
         image *= self.scale
         if "valid" in sample:
             image[..., ~sample["valid"].numpy()] = 0.0
-        np.nan_to_num(image, copy=False)
+        if np.isnan(image.sum()):  # cheaper than nan_to_num on the (usual) NaN-free chip
+            np.nan_to_num(image, copy=False)
         sample["image"] = torch.from_numpy(image)
         return sample
+
+    def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Normalise a collated batch in place (on its device): ``image`` ``[B, C, H, W]``.
+
+        Normalising after the transfer keeps the per-chip loader work to reading, which is
+        what bounds pretraining throughput on CPU workers.
+        """
+        image = batch["image"]
+        mean = torch.as_tensor(self.mean, device=image.device)
+        scale = torch.as_tensor(self.scale, device=image.device)
+        image = (image - mean) * scale
+        if "valid" in batch:
+            image = image * batch["valid"].unsqueeze(-3).to(image.dtype)
+        batch["image"] = torch.nan_to_num(image)
+        return batch

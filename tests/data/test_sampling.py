@@ -50,6 +50,7 @@ def test_pretrain_batches_are_normalised_and_valid(half_nodata: Catalog) -> None
     batches = list(dm.train_dataloader())
     assert len(batches) == 2
     for batch in batches:
+        batch = dm.on_after_batch_transfer(batch, 0)
         assert batch["image"].shape == (8, 4, 32, 32)
         assert float(batch["valid"].float().mean()) >= 0.8
         assert abs(float(batch["image"][:, :, batch["valid"][0]].mean())) < 3

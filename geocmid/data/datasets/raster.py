@@ -218,7 +218,13 @@ class CatalogRasterDataset(RasterDataset):
         indexes = list(band_indexes) if band_indexes else list(range(1, first.count + 1))
         fill = self.nodata if self.nodata is not None else first.nodata
         fill = 0 if fill is None else fill
-        out = np.full((len(indexes), height, width), fill, dtype=first.dtypes[0])
+        col, row = windows[0][:2]
+        inside = (
+            col >= 0 and row >= 0 and col + width <= first.width and row + height <= first.height
+        )
+        # A chip inside the first file is overwritten entirely by its read: skip the fill pass.
+        shape = (len(indexes), height, width)
+        out = np.empty(shape, first.dtypes[0]) if inside else np.full(shape, fill, first.dtypes[0])
         for n, (src, (col, row, _, _)) in enumerate(zip(handles, windows, strict=True)):
             # Clip the chip to the file; the part outside stays nodata.
             c0, r0 = max(col, 0), max(row, 0)
@@ -284,17 +290,22 @@ class CatalogRasterDataset(RasterDataset):
             "transform": torch.tensor(transform),
         }
         if self.is_image:
+            # The valid mask is cheapest on the native (often 8/16-bit) values.
+            sample["valid"] = self._valid_from_array(data)
             sample["image"] = torch.from_numpy(data.astype(np.float32))
         else:
             sample["mask"] = torch.from_numpy(data.astype(np.int64)).squeeze(-3)
         return sample
 
+    def _valid_from_array(self, data: np.ndarray) -> Tensor:
+        if self.band_nodata is not None:
+            return valid_mask_per_band(torch.from_numpy(data), self.band_nodata)
+        return valid_mask(torch.from_numpy(data), self.nodata_value)
+
     def __getitem__(self, index: GeoSlice) -> Sample:
         sample = self._read_fast(index) or super().__getitem__(index)
-        if self.is_image and self.band_nodata is not None:
-            sample["valid"] = valid_mask_per_band(sample["image"], self.band_nodata)
-        elif self.is_image:
-            sample["valid"] = valid_mask(sample["image"], self.nodata_value)
+        if self.is_image and "valid" not in sample:
+            sample["valid"] = self._valid_from_array(sample["image"].numpy())
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
         return sample
@@ -303,22 +314,28 @@ class CatalogRasterDataset(RasterDataset):
 def valid_mask(image: Tensor, nodata: float | None) -> Tensor:
     """``[H, W]`` bool: True where at least one band of ``image [C, H, W]`` holds data."""
     array = image.numpy()  # numpy: single-threaded and faster than torch on chip-sized arrays
+    floating = array.dtype.kind == "f"
     if nodata is None or math.isnan(nodata):
-        invalid = np.isnan(array).all(axis=-3)
+        invalid = np.isnan(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
     else:
         invalid = (array == nodata).all(axis=-3)
-        if array.dtype.kind == "f":
+        if floating:
             invalid |= np.isnan(array).all(axis=-3)
     return torch.from_numpy(~invalid)
 
 
 def valid_mask_per_band(image: Tensor, nodata: Sequence[float | None]) -> Tensor:
     """``[H, W]`` bool: True where no band of ``image [C, H, W]`` equals its own nodata value."""
-    invalid = torch.isnan(image).any(dim=-3)
+    array = image.numpy()
+    invalid = (
+        np.isnan(array).any(axis=-3)
+        if array.dtype.kind == "f"
+        else np.zeros(array.shape[-2:], bool)
+    )
     for band, value in enumerate(nodata):
         if value is not None and not math.isnan(value):
-            invalid |= image[..., band, :, :] == value
-    return ~invalid
+            invalid |= array[..., band, :, :] == value
+    return torch.from_numpy(~invalid)
 
 
 def band_regex_from_pattern(pattern: str) -> str:
