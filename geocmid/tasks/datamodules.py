@@ -1,0 +1,371 @@
+"""Fine-tuning datamodules: :class:`SupervisedGeoDataModule` plus what fine-tuning needs.
+
+Adds to the data layer's supervised datamodule:
+
+* normalisation by given statistics (a pretrained encoder's model card) instead of the entry's;
+* an optional background class for vector labels that only outline the foreground (pixels
+  outside every feature are otherwise *unlabelled*);
+* up-front label checks: an empty label file, or label values missing from the class table, is a
+  :class:`DataError` before training starts rather than a crash in the first batch;
+* what a task needs to be built: bands, class table, statistics actually used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from geocmid.data.catalog import (
+    BitemporalEntry,
+    Catalog,
+    ClassInfo,
+    ImageFolderEntry,
+    ImageryEntry,
+    RasterLabelsEntry,
+    VectorLabelsEntry,
+)
+from geocmid.data.catalog.schema import DEFAULT_COLORS
+from geocmid.data.chips import random_flips
+from geocmid.data.datamodules import SupervisedGeoDataModule, entry_normalizer
+from geocmid.data.datasets import ClassLookup, image_folder_dataset
+from geocmid.data.stats import Normalize
+from geocmid.errors import ConfigError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Label rasters up to this many pixels are read whole for the up-front value check.
+CHECK_PIXELS = 50_000_000
+
+
+class SegmentationDataModule(SupervisedGeoDataModule):
+    """Imagery + mask labels (or a bitemporal pair + change labels) for dense fine-tuning.
+
+    Args (besides those of :class:`SupervisedGeoDataModule`):
+        mean, std: per-band statistics in raw units to normalise with (e.g. from the encoder's
+            model card); default: the image entry's stored statistics.
+        background: name of a class 0 to add when the labels are vectors without one (pixels
+            outside every feature then train as background instead of being ignored).
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        labels: str | None = None,
+        catalog: str | Path | None = None,
+        chip_size: int = 128,
+        batch_size: int = 8,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        block_size: float = 2.0,
+        chips_per_epoch: int = 256,
+        eval_chips: int = 64,
+        num_workers: int = 0,
+        max_nodata: float = 0.5,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        background: str | None = None,
+    ) -> None:
+        super().__init__(
+            entry, labels, catalog, chip_size, batch_size, split, block_size,
+            chips_per_epoch, eval_chips, num_workers, max_nodata, seed,
+        )  # fmt: skip
+        self.stats: tuple[list[float], list[float]] | None = None
+        # The task's hparams share names (labels, mean, std) with other meanings; Lightning
+        # refuses to merge differing values, and `geocmid fit` saves the whole config anyway.
+        self._log_hyperparams = False
+
+    # ---- what the task needs ------------------------------------------------------------------
+    @property
+    def is_change(self) -> bool:
+        return isinstance(self.catalog.get(self.hparams.entry), BitemporalEntry)
+
+    def image_entry(self) -> ImageryEntry:
+        entry = self.catalog.get(self.hparams.entry)
+        name = entry.before if isinstance(entry, BitemporalEntry) else self.hparams.entry
+        return self.catalog.get_kind(name, ImageryEntry)
+
+    def label_entry(self) -> RasterLabelsEntry | VectorLabelsEntry:
+        entry = self.catalog.get(self.hparams.entry)
+        name = entry.change_labels if isinstance(entry, BitemporalEntry) else self.hparams.labels
+        return self.catalog.get(name)  # type: ignore[return-value]
+
+    @property
+    def bands(self) -> list[str]:
+        return [str(b) for b in self.image_entry().bands]
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        self.setup()
+        assert self.lookup is not None
+        return list(self.lookup.classes)
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """``(mean, std)`` the images are normalised with (raw units, one per band)."""
+        self.setup()
+        assert self.stats is not None
+        return self.stats
+
+    # ---- building -----------------------------------------------------------------------------
+    def _build(self) -> Any:
+        hp = self.hparams
+        self._check_labels(self.label_entry() if hp.labels or self.is_change else None)
+        dataset = super()._build()
+        image_entry = self.image_entry()
+        if hp.mean is not None and hp.std is not None:
+            n = len(image_entry.bands)
+            if len(hp.mean) != n or len(hp.std) != n:
+                raise ModelError(
+                    "normalisation statistics",
+                    f"have {len(hp.mean)} means / {len(hp.std)} stds for {n} bands of "
+                    f"{image_entry.where}",
+                    "use statistics of the same bands (or normalisation: data)",
+                )
+            normalize = Normalize(hp.mean, hp.std)
+            self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
+            if self.is_change:
+                dataset.transforms = lambda s: self._map_mask(normalize(s))
+            else:  # IntersectionDataset(image, labels): the image dataset normalises
+                dataset.datasets[0].transforms = normalize
+        else:
+            default = entry_normalizer(image_entry)  # the entry's stored statistics
+            self.stats = (
+                [float(v) for v in default.mean.ravel()],
+                [float(1.0 / v) for v in default.scale.ravel()],
+            )
+        label_entry = self.label_entry()
+        assert self.lookup is not None
+        if (
+            hp.background
+            and isinstance(label_entry, VectorLabelsEntry)
+            and not any(c.value == 0 for c in self.lookup.classes)
+        ):
+            classes = [ClassInfo(0, hp.background, "#000000"), *self.lookup.classes]
+            self.lookup = ClassLookup(classes, None, self.lookup.where)
+        return dataset
+
+    def _eval_loader(self, split: int) -> Any:
+        loader = super()._eval_loader(split)
+        if len(loader.sampler) == 0:
+            hp = self.hparams
+            raise ConfigError(
+                f"data split {('train', 'val', 'test')[split]}",
+                f"no {hp.chip_size}-pixel chip fits in its blocks (block_size {hp.block_size})",
+                "raise data.block_size (chips must fit inside a block) or data.split's share",
+            )
+        return loader
+
+    def _check_labels(self, entry: RasterLabelsEntry | VectorLabelsEntry | None) -> None:
+        """Fail early on empty label files and on values missing from the class table."""
+        if entry is None:
+            return
+        if isinstance(entry, VectorLabelsEntry):
+            check_vector_labels(entry)
+        elif not entry.class_masks:
+            check_raster_labels(entry)
+        else:
+            check_class_masks(entry)
+
+
+def check_vector_labels(entry: VectorLabelsEntry) -> None:
+    """Raise :class:`DataError` for a label file without features or with unknown classes."""
+    import pyogrio
+
+    for path in entry.files():
+        columns = [entry.class_attribute] if entry.class_attribute else []
+        frame = pyogrio.read_dataframe(
+            path, layer=entry.layer, columns=columns, read_geometry=False
+        )
+        if len(frame) == 0:
+            raise DataError(
+                str(path),
+                "holds no features (empty label file)",
+                "add labelled features or drop it",
+            )
+        if entry.class_attribute and entry.classes:
+            found = set(frame[entry.class_attribute].dropna().astype(int).unique().tolist())
+            unknown = sorted(found - {c.value for c in entry.classes})
+            if unknown:
+                raise DataError(
+                    str(path),
+                    f"class values {unknown[:10]} in '{entry.class_attribute}' are not in the "
+                    f"class table {[c.value for c in entry.classes]} of {entry.where}",
+                    "add them to 'classes' in the catalog entry",
+                )
+
+
+def check_raster_labels(entry: RasterLabelsEntry) -> None:
+    """Read small label rasters whole: every value known, at least one labelled pixel."""
+    from geocmid.data.rasters import open_raster
+
+    known = {c.value for c in entry.classes}
+    for path in entry.files():
+        with open_raster(path) as src:
+            if src.width * src.height > CHECK_PIXELS:
+                continue  # checked lazily, chip by chip, by ClassLookup
+            data = src.read(1)
+            ignore = entry.ignore_value if entry.ignore_value is not None else src.nodata
+        values = set(np.unique(data).astype(np.int64).tolist())
+        if ignore is not None:
+            values.discard(int(ignore))
+        if not values:
+            raise DataError(
+                str(path),
+                "holds no labelled pixel (every pixel is nodata / ignore_value)",
+                "check the file and 'ignore_value' of " + entry.where,
+            )
+        unknown = sorted(values - known)
+        if unknown:
+            raise DataError(
+                str(path),
+                f"label values {unknown[:10]} are not in the class table {sorted(known)}",
+                f"add them to 'classes' of {entry.where}, or set 'ignore_value'",
+            )
+
+
+def check_class_masks(entry: RasterLabelsEntry) -> None:
+    """Every class mask must mark at least one pixel."""
+    from geocmid.data.rasters import open_raster
+
+    for value, path in zip(entry.class_masks, entry.files(), strict=True):
+        with open_raster(path) as src:
+            if src.width * src.height > CHECK_PIXELS:
+                continue
+            if not np.any(src.read()):
+                raise DataError(
+                    str(path), f"the mask of class {value} marks no pixel (empty label file)"
+                )
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Scene classification from a folder-per-class tree (an ``image_folder`` catalog entry).
+
+    The split is stratified by class and seeded; statistics default to per-band mean / std over
+    the training images (or pass ``mean``/``std``, e.g. the encoder's card). Images of another
+    size than ``chip_size`` are resized (bilinear).
+
+    Args:
+        entry: image_folder entry; catalog: catalog folder.
+        chip_size: image edge fed to the model, in pixels.
+        batch_size, split, num_workers, seed: as for the other datamodules.
+        mean, std: normalisation statistics (raw units).
+        augment: random flips / 90° rotations of training images.
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        catalog: str | Path | None = None,
+        chip_size: int = 64,
+        batch_size: int = 16,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        num_workers: int = 0,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._log_hyperparams = False
+        self.catalog = Catalog(catalog)
+        self.dataset: Any = None
+        self.splits: list[list[int]] = []
+        self.stats: tuple[list[float], list[float]] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        hp = self.hparams
+        entry = self.catalog.get_kind(hp.entry, ImageFolderEntry)
+        dataset = image_folder_dataset(entry)
+        labels = np.array([label for _, label in dataset.samples])
+        rng = np.random.default_rng(hp.seed)
+        self.splits = [[], [], []]
+        for k in range(len(dataset.classes)):
+            ids = rng.permutation(np.flatnonzero(labels == k)).tolist()
+            n_val = max(1, round(hp.split[1] * len(ids))) if len(ids) >= 3 else 0
+            n_test = max(1, round(hp.split[2] * len(ids))) if len(ids) >= 3 else 0
+            self.splits[1] += ids[:n_val]
+            self.splits[2] += ids[n_val : n_val + n_test]
+            self.splits[0] += ids[n_val + n_test :]
+        if hp.mean is not None and hp.std is not None:
+            self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
+        else:
+            pixels = torch.cat([dataset[i]["image"].flatten(1) for i in self.splits[0]], dim=1)
+            self.stats = (pixels.mean(1).tolist(), pixels.std(1).clamp(min=1e-6).tolist())
+        self.dataset = dataset
+        self._normalize = Normalize(*self.stats)
+
+    @property
+    def bands(self) -> list[str]:
+        self.setup()
+        n = self.dataset[0]["image"].shape[0]
+        return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        self.setup()
+        return [
+            ClassInfo(i, name, DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
+            for i, name in enumerate(self.dataset.classes)
+        ]
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        self.setup()
+        assert self.stats is not None
+        return self.stats
+
+    def _transform(self, train: bool) -> Any:
+        size = self.hparams.chip_size
+        augment = train and self.hparams.augment
+
+        def transform(sample: dict[str, Any]) -> dict[str, Any]:
+            sample = self._normalize(sample)
+            image = sample["image"]
+            if image.shape[-2:] != (size, size):
+                image = F.interpolate(image[None], (size, size), mode="bilinear")[0]
+            sample["image"] = image
+            return random_flips(sample) if augment else sample
+
+        return transform
+
+    def _loader(self, split: int) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        train = split == 0
+        dataset = _Transformed(Subset(self.dataset, self.splits[split]), self._transform(train))
+        return DataLoader(
+            dataset, batch_size=hp.batch_size, shuffle=train, num_workers=hp.num_workers,
+            drop_last=train and len(dataset) > hp.batch_size,
+            generator=torch.Generator().manual_seed(hp.seed) if train else None,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(2)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.transform(dict(self.dataset[i]))
