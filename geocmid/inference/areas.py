@@ -2,7 +2,8 @@
 
 Projected CRS: planar area times the square of the linear unit (feet → metres …).
 Geographic CRS: geodesic area on the CRS's own ellipsoid (``pyproj.Geod``), so a pixel of
-1 x 1 degree near the pole is correctly smaller than one at the equator.
+1 x 1 degree near the pole is correctly smaller than one at the equator; polygon edges are
+densified first so that edges along parallels stay on their parallel.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import pyproj
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
+
+#: Longest edge, in degrees, when measuring polygons in a geographic CRS.
+DENSIFY_DEGREES = 0.01
 
 
 @lru_cache(maxsize=16)
@@ -56,4 +60,7 @@ def geometry_areas_m2(geoms: np.ndarray | list, crs: CRS | None) -> np.ndarray:
     if not crs.is_geographic:
         return shapely.area(geoms) * _unit_factor(crs) ** 2
     geod = _geod(crs.to_wkt())
-    return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], np.float64)
+    # Raster polygon edges follow parallels, not geodesics: densify them (<= 0.01°) so a long
+    # east-west edge is not replaced by the geodesic bowing towards the pole.
+    dense = shapely.segmentize(geoms, DENSIFY_DEGREES)
+    return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in dense], np.float64)

@@ -1,0 +1,147 @@
+"""Atomic outputs, resuming after an interruption, and splitting blocks across processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import toymodels
+from conftest import write_scene
+
+from geocmid.inference import OutputOptions, Predictor, RunSettings, predict_scene
+
+SETTINGS = RunSettings(window=128, overlap=32, block_size=200, batch_size=4)
+OPTIONS = OutputOptions(probabilities=True, quicklook=True)
+N_BLOCKS = len(SETTINGS.layout(600, 700, "segmentation").blocks())  # 3 x 4
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingCNN(toymodels.TinyCNN):
+    """The same weights as TinyCNN(seed=1), but dies after ``limit`` forward passes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(seed=1)
+        self.limit, self.calls = limit, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise Crash("killed")
+        return super().forward(x)
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    rows, cols = np.mgrid[0:600, 0:700].astype(np.float32)
+    data = np.stack([np.sin(rows / 40) * np.cos(cols / 30), np.cos(rows / 9), np.sin(cols / 13)])
+    data[:, 500:, :100] = np.nan  # float nodata as NaN
+    return write_scene(tmp_path / "big.tif", data.astype(np.float32), nodata=np.nan)
+
+
+def files(folder: Path) -> dict[str, object]:
+    """Rasters and PNG byte for byte; GPKG (which stores a write date) and JSON by content."""
+    out: dict[str, object] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix in (".tif", ".png"):
+            out[p.name] = p.read_bytes()
+        elif p.suffix == ".gpkg":
+            frame = gpd.read_file(p)
+            out[p.name] = (
+                frame.drop(columns="geometry").to_dict("list"),
+                frame.geometry.to_wkb().tolist(),
+            )
+        elif p.suffix == ".json":
+            out[p.name] = json.loads(p.read_text())["classes"]
+        else:
+            out[p.name] = None
+    return out
+
+
+def test_resume_after_interruption_gives_identical_files(scene, tmp_path):
+    card = toymodels.card()
+    full = predict_scene(
+        Predictor(toymodels.TinyCNN(seed=1), card),
+        [scene],
+        tmp_path / "full",
+        settings=SETTINGS,
+        options=OPTIONS,
+        progress=False,
+    )
+    with rasterio.open(full.outputs["classes"]) as ds:
+        assert ds.overviews(1)  # 700 px > one tile: the COG has overviews
+    out = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        predict_scene(
+            Predictor(CrashingCNN(limit=5), card),
+            [scene],
+            out,
+            settings=SETTINGS,
+            options=OPTIONS,
+            progress=False,
+        )
+    # Nothing under a final name; some completed blocks kept for the rerun.
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    done = list(out.glob(".*.geocmid-work/blocks/*.npz"))
+    assert 0 < len(done) < N_BLOCKS
+    counter = CrashingCNN(limit=10**9)
+    resumed = predict_scene(
+        Predictor(counter, card), [scene], out, settings=SETTINGS, options=OPTIONS, progress=False
+    )
+    assert resumed.blocks_run == N_BLOCKS - len(done)
+    assert counter.calls < 40  # not everything was recomputed
+    assert files(tmp_path / "full") == files(out)
+
+
+def test_two_processes_give_the_single_process_result(scene, tmp_path):
+    card = toymodels.card()
+    single = predict_scene(
+        Predictor(toymodels.TinyCNN(seed=1), card),
+        [scene],
+        tmp_path / "one",
+        settings=SETTINGS,
+        options=OPTIONS,
+        progress=False,
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import toymodels
+        from geocmid.inference import OutputOptions, Predictor, RunSettings, predict_scene
+        part = (int(sys.argv[1]), 2)
+        r = predict_scene(
+            Predictor(toymodels.TinyCNN(seed=1), toymodels.card()), [{str(scene)!r}],
+            {str(tmp_path / "two")!r}, settings=RunSettings(**{SETTINGS.__dict__!r}),
+            options=OutputOptions(probabilities=True, quicklook=True), part=part, progress=False,
+        )
+        assert not r.complete and r.blocks_run == {N_BLOCKS // 2}, r
+        """
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
+        for i in (1, 2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    assembled = predict_scene(
+        Predictor(toymodels.TinyCNN(seed=1), card),
+        [scene],
+        tmp_path / "two",
+        settings=SETTINGS,
+        options=OPTIONS,
+        progress=False,
+    )
+    assert assembled.blocks_run == 0
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    assert single.summary["classes"] == assembled.summary["classes"]
