@@ -107,7 +107,7 @@ def _as_path(item: Input, tmp: Path, n: int) -> str:
         )
     array = item if "band" in item.dims else item.expand_dims("band")
     path = tmp / f"input{n + 1}.tif"
-    array.rio.to_raster(path, tiled=True)
+    array.rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
     return str(path)
 
 

@@ -115,3 +115,22 @@ class FixedBoxDetector(nn.Module):
 def per_pixel_factory() -> nn.Module:
     """``module:callable`` factory used by the CLI tests."""
     return PerPixel()
+
+
+class AbsDiffChange(nn.Module):
+    """Change where the mean absolute difference of the normalised dates exceeds ``threshold``."""
+
+    def __init__(self, threshold: float = 1.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (x[:, 1] - x[:, 0]).abs().mean(1, keepdim=True) - self.threshold
+        return torch.cat([-4 * score, 4 * score], 1)
+
+
+class Threshold(nn.Module):
+    """Class 1 where the (normalised) first band is above 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-4 * x[:, :1], 4 * x[:, :1]], 1)
