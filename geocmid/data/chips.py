@@ -147,7 +147,8 @@ class FeatureChipSampler(GeoSampler):
         length: int | None = None,
         generator: int = 0,
     ) -> None:
-        super().__init__(dataset)
+        # GeoSampler's own __init__ computes ROI hits we do not use: chips are feature-centred
+        self.index, self.res = dataset.index, dataset.res
         self.dataset = dataset
         self.size = size
         self.ids = np.asarray(ids, dtype=np.int64)
