@@ -318,7 +318,10 @@ def valid_mask(image: Tensor, nodata: float | None) -> Tensor:
     if nodata is None or math.isnan(nodata):
         invalid = np.isnan(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
     else:
-        invalid = (array == nodata).all(axis=-3)
+        # Test one band first: most chips hold no nodata, so the other bands are rarely read.
+        invalid = array[..., 0, :, :] == nodata
+        if invalid.any() and array.shape[-3] > 1:
+            invalid &= (array[..., 1:, :, :] == nodata).all(axis=-3)
         if floating:
             invalid |= np.isnan(array).all(axis=-3)
     return torch.from_numpy(~invalid)
