@@ -1,0 +1,101 @@
+"""Encoder initialisation: exported CMID weights land unchanged in every downstream model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from geocmid.errors import ConfigError, ModelError
+from geocmid.models import create_backbone
+from geocmid.models.weights import export_backbone, load_backbone
+from geocmid.tasks.change import ChangeTask
+from geocmid.tasks.classification import ClassificationTask, encoder_part
+from geocmid.tasks.encoders import encoder_differences, smp_encoder_keys
+from geocmid.tasks.segmentation import SegmentationTask
+
+RESNET = smp_encoder_keys("resnet")
+
+
+@pytest.mark.parametrize("decoder", ["unet", "upernet", "fpn", "deeplabv3+"])
+def test_smp_decoders_start_from_the_export(rgb_export: Path, decoder: str) -> None:
+    exported, _ = load_backbone(rgb_export)
+    task = SegmentationTask(model=decoder, backbone=None, weights=str(rgb_export), in_channels=3,
+                            num_classes=3, chip_size=64)  # fmt: skip
+    assert task.hparams["backbone"] == "resnet18"  # taken from the card
+    assert encoder_differences(exported, task.model.encoder, RESNET) == []
+    n_encoder = len([k for k in task.model.encoder.state_dict() if "num_batches" not in k])
+    assert n_encoder == len([k for k in exported.model.state_dict() if "num_batches" not in k])
+
+
+def test_random_start_differs_from_the_export(rgb_export: Path) -> None:
+    exported, _ = load_backbone(rgb_export)
+    task = SegmentationTask(backbone="resnet18", in_channels=3, num_classes=3, chip_size=64)
+    assert encoder_differences(exported, task.model.encoder, RESNET)
+
+
+def test_swin_upernet_tiny_load_and_forward(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    swin = create_backbone("swin_tiny", 3, img_size=64)
+    path, _ = export_backbone(swin, tmp_path / "swin", {"bands": ["r", "g", "b"]})
+    task = SegmentationTask(model="upernet", backbone="swin_tiny", weights=str(path), in_channels=3,
+                            num_classes=2, chip_size=64)  # fmt: skip
+    assert encoder_differences(swin, task.model.encoder, smp_encoder_keys("swin")) == []
+    with torch.no_grad():
+        assert task.model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+@pytest.mark.parametrize("model", ["fcsiamdiff", "fcsiamconc", "unet"])
+def test_change_models_share_the_export(rgb_export: Path, model: str) -> None:
+    exported, _ = load_backbone(rgb_export)
+    task = ChangeTask(model=model, backbone="resnet18", weights=str(rgb_export), in_channels=3,
+                      num_classes=2, chip_size=64)  # fmt: skip
+    enc = task.model.encoder
+    diff = encoder_differences(exported, enc, RESNET)
+    if model == "unet":  # early fusion: the stem is split over the two dates
+        assert diff == ["conv1.weight"]
+        stem = exported.model.conv1.weight
+        assert torch.equal(enc.model.conv1.weight, torch.cat([stem, stem], 1) / 2)
+    else:
+        assert diff == []
+    with torch.no_grad():
+        assert task.model.eval()(torch.randn(2, 2, 3, 64, 64)).shape == (2, 2, 64, 64)
+
+
+def test_changevit_takes_a_vit_encoder(tmp_path: Path) -> None:
+    vit = create_backbone("vit_small", 3, img_size=32)
+    path, _ = export_backbone(vit, tmp_path / "vit", {})
+    task = ChangeTask(model="changevit", backbone="vit_small", weights=str(path), in_channels=3,
+                      num_classes=2, chip_size=32)  # fmt: skip
+    assert encoder_differences(vit, task.model.encoder) == []
+    with pytest.raises(ConfigError, match="ViT"):
+        ChangeTask(model="changevit", backbone="resnet18", in_channels=3, chip_size=32)
+
+
+def test_classifier_starts_from_the_export_and_probes_linearly(rgb_export: Path) -> None:
+    exported, _ = load_backbone(rgb_export)
+    task = ClassificationTask(backbone=None, weights=str(rgb_export), in_channels=3,
+                              num_classes=4, chip_size=64, freeze_backbone=True)  # fmt: skip
+    assert encoder_differences(exported, task.model) == []
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    assert len(encoder_part(task.model)) > 0
+
+
+def test_backbone_learning_rate_is_separate(rgb_export: Path) -> None:
+    task = SegmentationTask(backbone="resnet18", weights=str(rgb_export), in_channels=3,
+                            num_classes=3, chip_size=64, lr=1e-3, backbone_lr=1e-5,
+                            scheduler="none")  # fmt: skip
+    groups = {g["name"]: g for g in task.configure_optimizers().param_groups}
+    assert groups["encoder"]["lr"] == 1e-5 and groups["head"]["lr"] == 1e-3
+    n_enc = sum(p.numel() for p in task.model.encoder.parameters())
+    assert sum(p.numel() for p in groups["encoder"]["params"]) == n_enc
+
+
+def test_band_count_mismatch_is_a_clear_error(rgb_export: Path) -> None:
+    with pytest.raises(ModelError, match=r"trained on 3 bands \(red, green, blue\) but the data has 4"):
+        SegmentationTask(weights=str(rgb_export), backbone=None, in_channels=4, num_classes=2,
+                         chip_size=64)  # fmt: skip
+    with pytest.raises(ModelError, match="resnet18"):
+        SegmentationTask(weights=str(rgb_export), backbone="resnet50", in_channels=3, chip_size=64)
