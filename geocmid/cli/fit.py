@@ -134,6 +134,19 @@ def set_value(config: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value as YAML, with ``1e-3`` read as a number (YAML 1.1 reads a string)."""
+    import yaml
+
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
@@ -143,7 +156,7 @@ def apply_overrides(config: dict[str, Any], args: argparse.Namespace) -> dict[st
         if "=" not in item:
             raise ConfigError(f"--set {item}", "expected KEY=VALUE", "e.g. --set model.lr=1e-3")
         key, raw = item.split("=", 1)
-        set_value(config, key.strip(), yaml.safe_load(raw))
+        set_value(config, key.strip(), parse_value(raw))
     shortcuts = {
         "trainer.default_root_dir": args.out,
         "model.weights": args.weights,
@@ -192,7 +205,7 @@ def _task_name(cls: type) -> str:
 def build(config: dict[str, Any], stage: str) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Datamodule, task and trainer from a resolved config (mutated: filled-in values)."""
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from geocmid.tasks.encoders import card_normalisation, is_export
@@ -258,7 +271,7 @@ def build(config: dict[str, Any], stage: str) -> tuple[Any, Any, Any, dict[str, 
     tcfg.setdefault("log_every_n_steps", 10)
     trainer = L.Trainer(
         default_root_dir=root, logger=loggers, use_distributed_sampler=False,
-        callbacks=[checkpoint, LearningRateMonitor("epoch")], **tcfg,
+        callbacks=[checkpoint], **tcfg,
     )  # fmt: skip
     return datamodule, task, trainer, config
 

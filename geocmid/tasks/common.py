@@ -115,6 +115,9 @@ class FinetuneMixin:
 
     def on_train_epoch_end(self) -> None:
         self._log_stage("train")
+        optimizer = self.optimizers() if self._trainer is not None else None  # type: ignore[attr-defined]
+        for group in getattr(optimizer, "param_groups", []):
+            self.log(f"lr_{group.get('name', 'group')}", float(group["lr"]))  # type: ignore[attr-defined]
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage("val")

@@ -1,6 +1,6 @@
 """A small generated dataset with a clear signal for every fine-tuning task.
 
-256×256 px, 2 m, 3 bands. The scene is a grid of 32-px blocks of 3 classes; each class is
+256×256 px, 10 m, 3 bands. The scene is a grid of 32-px blocks of 3 classes; each class is
 bright in "its" band (a clear spectral signal). The second date brightens some blocks (change).
 Also: class points at 8-px spacing (chip classification) and a folder of 32-px class images.
 """
@@ -21,7 +21,9 @@ CLASSES = "{1: {name: red-ish, color: '#ff0000'}, 2: {name: green-ish, color: '#
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on shared CPUs
 
 
-def _blocks(rng: np.random.Generator, values: list[int], p: list[float] | None = None) -> np.ndarray:
+def _blocks(
+    rng: np.random.Generator, values: list[int], p: list[float] | None = None
+) -> np.ndarray:
     n = SIZE // BLOCK
     grid = rng.choice(values, size=(n, n), p=p)
     return np.kron(grid, np.ones((BLOCK, BLOCK), dtype=np.int64))
@@ -47,7 +49,7 @@ def clear_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pts, cls = [], []
     for r in range(4, SIZE, 8):
         for c in range(4, SIZE, 8):
-            pts.append(Point(500_000 + 2 * c + 1, 5_000_000 - 2 * r - 1))
+            pts.append(Point(500_000 + 10 * c + 5, 5_000_000 - 10 * r - 5))  # 10 m pixels
             cls.append(int(labels[r, c]))
     gpd.GeoDataFrame({"klass": cls}, geometry=pts, crs="EPSG:32633").to_file(root / "points.gpkg")
     gpd.GeoDataFrame({"klass": []}, geometry=[], crs="EPSG:32633").to_file(root / "empty.gpkg")
@@ -59,7 +61,9 @@ def clear_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(12):
             px = np.full((32, 32, 3), 90.0) + rng.normal(0, 20, (32, 32, 3))
             px[..., k] += 100
-            Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(root / "folder" / name / f"{i}.png")
+            Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(
+                root / "folder" / name / f"{i}.png"
+            )
     cat = root / "catalog"
     bands = "bands: [red, green, blue]\nrgb: [red, green, blue]\n"
     write_entry(cat, "img", f"kind: imagery\npaths: ../img.tif\n{bands}date: 2020-01-01\n")
