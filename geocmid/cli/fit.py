@@ -148,7 +148,6 @@ def parse_value(raw: str) -> Any:
 
 
 def apply_overrides(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
 
     from geocmid.errors import ConfigError
 
@@ -258,6 +257,8 @@ def build(config: dict[str, Any], stage: str) -> tuple[Any, Any, Any, dict[str, 
     mode = ckpt_cfg.setdefault("mode", "min" if monitor.endswith("loss") else "max")
     tcfg = dict(config.setdefault("trainer", {}))
     root = Path(tcfg.pop("default_root_dir", f"runs/{task_name}"))
+    if stage != "fit":  # keep the training logs: evaluation logs go to a sub-folder
+        root = root / stage
     name = tcfg.pop("name", "")
     loggers = [
         CSVLogger(root, name=name, version=""),

@@ -16,7 +16,10 @@ import torch
 from tests.rasters import write_entry, write_raster
 
 SIZE, BLOCK = 256, 32
-CLASSES = "{1: {name: red-ish, color: '#ff0000'}, 2: {name: green-ish, color: '#00ff00'}, 3: {name: blue-ish, color: '#0000ff'}}"
+CLASSES = (
+    "{1: {name: red-ish, color: '#ff0000'}, 2: {name: green-ish, color: '#00ff00'}, "
+    "3: {name: blue-ish, color: '#0000ff'}}"
+)
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on shared CPUs
 

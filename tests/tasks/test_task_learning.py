@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 def fit(catalog: Path, recipe: str, out: Path, *sets: str, epochs: int = 3) -> int:
     argv = ["--catalog", str(catalog), "fit", "--config", str(REPO / "recipes" / recipe),
             "--out", str(out), "--max-epochs", str(epochs),
-            "--set", "trainer.enable_progress_bar=false", "--set", "trainer.enable_model_summary=false",
+            "--set", "trainer.enable_progress_bar=false",
+            "--set", "trainer.enable_model_summary=false",
             *[a for s in sets for a in ("--set", s)]]  # fmt: skip
     return main(argv)
 
