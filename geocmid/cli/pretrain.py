@@ -17,7 +17,6 @@ import copy
 import logging
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -520,8 +519,6 @@ def run(plan: Plan) -> Path:
         _write_yaml(run_dir / "config.yaml", plan.config)
         _write_yaml(run_dir / "torchgeo_fit.yaml", torchgeo_config(plan))
         log.info("%s run in %s", "resuming" if resume else "starting", run_dir)
-    # the task (not the datamodule) owns the view transform on purpose
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     L.seed_everything(plan.config["trainer"]["seed"], workers=True, verbose=False)
     task = CMIDTask(**plan.task_kwargs)
     trainer = build_trainer(plan, task.model.family, task.rgb_indices)
