@@ -289,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
     datamodule, task, trainer, config = build(config, args.stage)
     root = Path(trainer.default_root_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for logger in trainer.loggers:  # start the log writers first: they expect an empty folder
+        _ = logger.experiment
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     ckpt = args.ckpt or config.get("ckpt_path")
     if args.stage == "fit":

@@ -180,26 +180,27 @@ def check_vector_labels(entry: VectorLabelsEntry) -> None:
     import pyogrio
 
     for path in entry.files():
-        columns = [entry.class_attribute] if entry.class_attribute else []
-        frame = pyogrio.read_dataframe(
-            path, layer=entry.layer, columns=columns, read_geometry=False
-        )
-        if len(frame) == 0:
+        count = pyogrio.read_info(path, layer=entry.layer).get("features", -1)
+        if count == 0:
             raise DataError(
                 str(path),
                 "holds no features (empty label file)",
                 "add labelled features or drop it",
             )
-        if entry.class_attribute and entry.classes:
-            found = set(frame[entry.class_attribute].dropna().astype(int).unique().tolist())
-            unknown = sorted(found - {c.value for c in entry.classes})
-            if unknown:
-                raise DataError(
-                    str(path),
-                    f"class values {unknown[:10]} in '{entry.class_attribute}' are not in the "
-                    f"class table {[c.value for c in entry.classes]} of {entry.where}",
-                    "add them to 'classes' in the catalog entry",
-                )
+        if not (entry.class_attribute and entry.classes):
+            continue
+        frame = pyogrio.read_dataframe(
+            path, layer=entry.layer, columns=[entry.class_attribute], read_geometry=False
+        )
+        found = set(frame[entry.class_attribute].dropna().astype(int).unique().tolist())
+        unknown = sorted(found - {c.value for c in entry.classes})
+        if unknown:
+            raise DataError(
+                str(path),
+                f"class values {unknown[:10]} in '{entry.class_attribute}' are not in the "
+                f"class table {[c.value for c in entry.classes]} of {entry.where}",
+                "add them to 'classes' in the catalog entry",
+            )
 
 
 def check_raster_labels(entry: RasterLabelsEntry) -> None:
