@@ -1,0 +1,377 @@
+"""Object detection fine-tuning: TorchGeo's ``ObjectDetection`` on a CMID ResNet + FPN.
+
+:class:`DetectionTask` keeps TorchGeo's training step (``bbox_xyxy`` / ``label`` batches, loss
+dict) and replaces its model with :func:`~geocmid.tasks.detection_model.build_detector`, whose
+encoder comes from :func:`geocmid.tasks.encoders.load_encoder` (geocmid export, CMID release or
+random). Validation / test compute mAP over the whole epoch (``val_map`` = mAP@0.5:0.95,
+``val_map_50`` = mAP@0.5, torchmetrics' COCO evaluation) and write a panel of sample
+predictions to ``<log dir>/reports/detections_<stage>.png``. Checkpoints carry a model card,
+so :func:`load_detector_for_prediction` needs nothing but the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
+from torchgeo.tasks import ObjectDetection
+from torchmetrics import MetricCollection
+from torchmetrics.detection.mean_ap import MeanAveragePrecision
+
+from geocmid.errors import ConfigError, ModelError
+from geocmid.tasks.detection_model import (
+    DEFAULT_ANCHORS,
+    DetectorForPrediction,
+    build_detector,
+    encoder_of,
+)
+from geocmid.tasks.encoders import EncoderSource, freeze, load_encoder, param_groups
+
+log = logging.getLogger(__name__)
+
+#: Same card format and checkpoint key as the other fine-tuning tasks (tasks/common.py).
+CARD_FORMAT = "geocmid-task/1"
+CARD_KEY = "geocmid_card"
+_PALETTE = ["#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3"]
+
+
+class DetectionTask(ObjectDetection):
+    """Faster R-CNN / RetinaNet / FCOS with a CMID ResNet encoder.
+
+    Args:
+        model: ``faster-rcnn``, ``retinanet`` or ``fcos``.
+        backbone: ResNet name (``resnet18/34/50/101``); may be omitted with a geocmid export.
+        weights: encoder weights: geocmid export (``.safetensors`` + card), CMID release /
+            state dict (``.pth``), or None for random initialisation.
+        in_channels: bands of the data (checked against the encoder).
+        num_classes: object classes + 1 (background).
+        classes: object class names, label order (label k ↔ ``classes[k - 1]``).
+        bands: band names (for the model card).
+        mean, std: per-band normalisation (raw units) the chips were normalised with (card).
+        chip_size: training chip edge in pixels (card).
+        anchor_sizes: base anchor edge per pyramid level, pixels (strides 4..128).
+        lr: learning rate of the head; ``backbone_lr``: of the encoder (default ``lr``).
+        weight_decay: AdamW weight decay.
+        scheduler: ``plateau`` (on ``val_map``), ``cosine`` (per step) or ``none``.
+        patience: plateau patience in epochs.
+        freeze_backbone: keep the encoder fixed (train FPN + heads only).
+        adapt_in_chans: let a release checkpoint with another band count adapt its stem.
+        score_thresh: detections below this score are dropped at inference.
+        panel_score: predictions drawn on the sample panels from this score on.
+        detector_options: extra torchvision constructor arguments (see ``build_detector``).
+        fpn_channels: channels per pyramid level (256 as torchvision; 64 is far cheaper on CPU).
+    """
+
+    monitor = "val_map"
+    mode = "max"
+    #: keep ``weights`` (a path, not a torchvision enum here) in the hyperparameters
+    ignore = None
+
+    def __init__(
+        self,
+        model: str = "faster-rcnn",
+        backbone: str | None = "resnet50",
+        weights: str | None = None,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        classes: Sequence[str] | None = None,
+        bands: Sequence[str] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        chip_size: int = 128,
+        anchor_sizes: Sequence[int] = DEFAULT_ANCHORS,
+        lr: float = 1e-4,
+        backbone_lr: float | None = None,
+        weight_decay: float = 1e-4,
+        scheduler: str = "plateau",
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        adapt_in_chans: bool = False,
+        score_thresh: float = 0.05,
+        panel_score: float = 0.3,
+        detector_options: dict[str, Any] | None = None,
+        fpn_channels: int = 256,
+    ) -> None:
+        if scheduler not in ("plateau", "cosine", "none"):
+            raise ConfigError("setting 'scheduler'", f"unknown scheduler '{scheduler}'",
+                              "use plateau, cosine or none")  # fmt: skip
+        if classes is not None and len(classes) != num_classes - 1:
+            raise ConfigError(
+                "setting 'classes'", f"names {len(classes)} classes but num_classes is "
+                f"{num_classes} (object classes + background)", "make them agree",
+            )  # fmt: skip
+        self.weights = weights
+        self.source: EncoderSource | None = None
+        self._samples: dict[str, Any] | None = None
+        # skip ObjectDetection.__init__ (fixed signature); BaseTask saves *our* arguments. The
+        # zero-argument-style super() also gives this frame the __class__ cell Lightning's
+        # save_hyperparameters looks for.
+        super(ObjectDetection, self).__init__()
+
+    # ---- model ----------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        hp = self.hparams
+        source = load_encoder(
+            hp["weights"], hp["backbone"], hp["in_channels"], img_size=hp["chip_size"],
+            adapt_in_chans=hp["adapt_in_chans"],
+        )  # fmt: skip
+        if source.backbone.in_chans != hp["in_channels"]:  # export bands checked by load_encoder
+            raise ModelError(
+                f"encoder {source.path or source.backbone.name}",
+                f"takes {source.backbone.in_chans} bands but the data has {hp['in_channels']}",
+                "use imagery with the encoder's bands, or other weights",
+            )  # fmt: skip
+        self.source = source
+        self.model = build_detector(
+            hp["model"], source.backbone, hp["num_classes"], hp["anchor_sizes"],
+            score_thresh=hp["score_thresh"], options=hp["detector_options"],
+            fpn_channels=hp["fpn_channels"],
+        )  # fmt: skip
+        if hp["freeze_backbone"]:
+            freeze(self.encoder)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The geocmid backbone inside the detector (``.model`` holds the timm weights)."""
+        return encoder_of(self.model)
+
+    def configure_metrics(self) -> None:
+        # COCO evaluation over the whole epoch: per-batch mAPs averaged would not be an mAP
+        metrics = MetricCollection(
+            {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox")}
+        )
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        groups = param_groups(self.model, self.encoder, hp["lr"], hp["backbone_lr"],
+                              hp["weight_decay"])  # fmt: skip
+        optimizer = AdamW(groups)
+        if hp["scheduler"] == "cosine":
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = CosineAnnealingLR(optimizer, T_max=steps)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": sched, "interval": "step"},
+            }
+        if hp["scheduler"] == "plateau":
+            sched = ReduceLROnPlateau(optimizer, mode="max", patience=hp["patience"])
+            config = {"scheduler": sched, "monitor": self.monitor, "strict": False}
+            return {"optimizer": optimizer, "lr_scheduler": config}
+        return optimizer
+
+    # ---- steps ----------------------------------------------------------------------------------
+    @staticmethod
+    def targets(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
+        return [
+            {"boxes": b.reshape(-1, 4).float(), "labels": lab.long()}
+            for b, lab in zip(batch["bbox_xyxy"], batch["label"], strict=True)
+        ]
+
+    def training_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> Tensor:
+        losses = self.model(batch["image"], self.targets(batch))
+        loss: Tensor = sum(losses.values())  # type: ignore[assignment]
+        size = batch["image"].shape[0]
+        self.log_dict({f"train_{k}": v for k, v in losses.items()}, batch_size=size)
+        self.log("train_loss", loss, batch_size=size, prog_bar=True)
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
+        targets = self.targets(batch)
+        predictions = self.model(batch["image"])
+        getattr(self, f"{stage}_metrics").update(predictions, targets)
+        if batch_idx == 0 and not getattr(self.trainer, "sanity_checking", False):
+            self._samples = {
+                "images": batch["image"][:4].detach().cpu(),
+                "targets": [{k: v.cpu() for k, v in t.items()} for t in targets[:4]],
+                "predictions": [
+                    {k: v.detach().cpu() for k, v in p.items()} for p in predictions[:4]
+                ],
+            }
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.model(batch["image"])
+
+    def _end_epoch(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        scalars = {k: v for k, v in values.items() if isinstance(v, Tensor) and v.numel() == 1}
+        scalars.pop(f"{stage}_classes", None)
+        self.log_dict({k: v.float() for k, v in scalars.items()}, sync_dist=True)
+        self._write_panel(stage)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_epoch("test")
+
+    # ---- reports and card -------------------------------------------------------------------
+    @property
+    def report_dir(self) -> Path | None:
+        """``<log dir>/reports`` (or ``<default_root_dir>/reports``) while attached to a trainer."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return None
+        return Path(trainer.log_dir or trainer.default_root_dir) / "reports"
+
+    def rgb_indices(self) -> list[int]:
+        bands = [str(b).lower() for b in self.hparams.get("bands") or []]
+        if all(b in bands for b in ("red", "green", "blue")):
+            return [bands.index(b) for b in ("red", "green", "blue")]
+        return [0, 1, 2] if self.hparams["in_channels"] >= 3 else [0]
+
+    def _write_panel(self, stage: str) -> None:
+        from geocmid.tasks.detection_panels import save_panels
+
+        samples, out = self._samples, self.report_dir
+        self._samples = None
+        if samples is None or out is None or not getattr(self.trainer, "is_global_zero", True):
+            return
+        save_panels(
+            out / f"detections_{stage}.png", samples["images"], samples["targets"],
+            samples["predictions"], self.hparams.get("classes") or (),
+            min_score=self.hparams["panel_score"], rgb=self.rgb_indices(),
+        )  # fmt: skip
+
+    def model_card(self) -> dict[str, Any]:
+        """What prediction needs: task, classes (0 = background), bands, normalisation, chip."""
+        hp = self.hparams
+        names = list(hp.get("classes") or [f"class {k}" for k in range(1, hp["num_classes"])])
+        classes = [{"value": 0, "name": "background", "color": "#000000"}] + [
+            {"value": k, "name": n, "color": _PALETTE[(k - 1) % len(_PALETTE)]}
+            for k, n in enumerate(names, start=1)
+        ]
+        return {
+            "format": CARD_FORMAT,
+            "task": "detection",
+            "model": hp["model"],
+            "backbone": self.encoder.name,
+            "in_chans": hp["in_channels"],
+            "bands": list(hp.get("bands") or []) or list(range(1, hp["in_channels"] + 1)),
+            "mean": list(hp.get("mean") or []),
+            "std": list(hp.get("std") or []),
+            "chip_size": hp["chip_size"],
+            "classes": classes,
+            "num_classes": hp["num_classes"],
+            "init_weights": str(hp["weights"]) if hp.get("weights") else "random",
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CARD_KEY] = self.model_card()
+
+
+def load_detector_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained detector for the prediction engine → ``(module, card)``.
+
+    The module maps normalised ``[B, C, H, W]`` chips to a list of ``B`` dicts with ``boxes``
+    (pixel xyxy), ``scores`` and ``labels`` (indices into ``card["classes"]``, 0 = background).
+    The encoder file named at training time is not needed: all weights are in the checkpoint.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ModelError(f"checkpoint '{path}'", "does not exist", "check the path")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    card = ckpt.get(CARD_KEY) if isinstance(ckpt, dict) else None
+    if not card or card.get("task") != "detection":
+        raise ModelError(f"checkpoint '{path}'", "is not a geocmid detection checkpoint",
+                         "pass a checkpoint written by training a DetectionTask")  # fmt: skip
+    hparams = dict(ckpt["hyper_parameters"])
+    hparams["weights"] = None  # every weight, encoder included, comes from the state dict
+    hparams["backbone"] = card["backbone"]
+    task = DetectionTask(**hparams)
+    task.load_state_dict(ckpt["state_dict"])
+    return DetectorForPrediction(task.model, card["in_chans"]), card
+
+
+def build_detection_datamodule(config: dict[str, Any]) -> Any:
+    """A :class:`~geocmid.data.detection.DetectionDataModule` from the ``data`` config section.
+
+    ``config`` holds the datamodule's arguments (``labels``, ``entry``, ``catalog``,
+    ``chip_size``, ...), either flat or under ``init_args`` (Lightning CLI layout).
+    """
+    from geocmid.data.detection import DetectionDataModule
+
+    args = dict(config.get("init_args", config))
+    args.pop("class_path", None)
+    return DetectionDataModule(**args)
+
+
+def build_detection_task(config: dict[str, Any], datamodule: Any = None) -> DetectionTask:
+    """A :class:`DetectionTask` from the ``model`` config section, completed from the data.
+
+    ``in_channels``, ``num_classes``, ``classes``, ``bands``, ``mean``, ``std`` and
+    ``chip_size`` are taken from ``datamodule`` when it is given and the config leaves them out.
+    With a geocmid export as ``weights`` and no explicit ``mean``/``std`` for the data, build
+    the datamodule with the card's statistics first (see :func:`build_detection`).
+    """
+    args = dict(config.get("init_args", config))
+    args.pop("class_path", None)
+    if datamodule is not None:
+        datamodule.setup("fit")
+        mean, std = datamodule.normalisation
+        derived = {
+            "in_channels": datamodule.in_chans, "num_classes": datamodule.num_classes,
+            "classes": datamodule.class_names, "bands": datamodule.bands, "mean": mean,
+            "std": std, "chip_size": datamodule.hparams.chip_size,
+        }  # fmt: skip
+        for key, value in derived.items():
+            args.setdefault(key, value)
+        if args["in_channels"] != datamodule.in_chans:
+            raise ModelError(
+                "setting 'model.in_channels'",
+                f"is {args['in_channels']} but the imagery has {datamodule.in_chans} bands",
+                "leave in_channels out (it is read from the data)",
+            )  # fmt: skip
+    return DetectionTask(**args)
+
+
+def build_detection(
+    model_config: dict[str, Any], data_config: dict[str, Any]
+) -> tuple[DetectionTask, Any]:
+    """Task and datamodule together; a geocmid export's normalisation is used for the data.
+
+    Chips are normalised with the encoder's card statistics when ``model.weights`` is a geocmid
+    export whose card has them and ``data`` gives no ``mean``/``std`` (the encoder learnt its
+    features on data normalised that way).
+    """
+    from geocmid.tasks.encoders import card_normalisation, is_export
+
+    model_args = dict(model_config.get("init_args", model_config))
+    datamodule = build_detection_datamodule(data_config)
+    weights = model_args.get("weights")
+    if weights and is_export(str(weights)) and datamodule.hparams.mean is None:
+        from geocmid.models.weights import load_backbone
+
+        _, card = load_backbone(str(weights))
+        bands = datamodule.imagery_bands()
+        if int(card["in_chans"]) != len(bands):
+            raise ModelError(
+                f"model card of '{weights}'",
+                f"the encoder was trained on {card['in_chans']} bands "
+                f"({', '.join(map(str, card.get('bands') or []))}) but the data has "
+                f"{len(bands)} ({', '.join(bands)})",
+                "fine-tune on imagery with the same bands, or start from other weights",
+            )
+        stats = card_normalisation(card)
+        if stats is not None:
+            datamodule.hparams.mean, datamodule.hparams.std = stats
+    return build_detection_task(model_args, datamodule), datamodule
