@@ -18,7 +18,7 @@ from geocmid.tasks import load_for_prediction
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fit(catalog: Path, recipe: str, out: Path, *sets: str, epochs: int = 3) -> int:
+def fit(catalog: Path, recipe: str, out: Path, *sets: str, epochs: int = 2) -> int:
     argv = ["--catalog", str(catalog), "fit", "--config", str(REPO / "recipes" / recipe),
             "--out", str(out), "--max-epochs", str(epochs),
             "--set", "trainer.enable_progress_bar=false",
@@ -70,7 +70,7 @@ def test_change_learns(clear_catalog: Path, tmp_path: Path) -> None:
 def test_point_chip_classification_learns(clear_catalog: Path, tmp_path: Path) -> None:
     out = tmp_path / "chips"
     assert fit(clear_catalog, "finetune-classification-chips.yaml", out, "data.entry=img",
-               "data.labels=points", "data.chip_size=16", "data.chips_per_epoch=160",
+               "data.labels=points", "data.chip_size=16", "data.chips_per_epoch=96",
                "model.lr=3e-3", "model.backbone_lr=3e-3") == 0  # fmt: skip
     assert best(out, "val_OA") > 0.6, "3 classes: chance is 0.33"
     check_outputs(out, "classification", torch.zeros(2, 3, 16, 16), (2, 3))

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = ("trainer.max_epochs=1", "trainer.limit_train_batches=2",
          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
          "trainer.enable_model_summary=false",
-         "data.chip_size=64", "data.batch_size=2", "data.chips_per_epoch=4", "data.eval_chips=2")  # fmt: skip
+         "data.chip_size=64", "data.batch_size=2", "data.chips_per_epoch=4",
+         "data.eval_chips=2")  # fmt: skip
 
 
 @pytest.fixture
