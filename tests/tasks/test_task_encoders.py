@@ -94,7 +94,9 @@ def test_backbone_learning_rate_is_separate(rgb_export: Path) -> None:
 
 
 def test_band_count_mismatch_is_a_clear_error(rgb_export: Path) -> None:
-    with pytest.raises(ModelError, match=r"trained on 3 bands \(red, green, blue\) but the data has 4"):
+    with pytest.raises(
+        ModelError, match=r"trained on 3 bands \(red, green, blue\) but the data has 4"
+    ):
         SegmentationTask(weights=str(rgb_export), backbone=None, in_channels=4, num_classes=2,
                          chip_size=64)  # fmt: skip
     with pytest.raises(ModelError, match="resnet18"):
