@@ -72,7 +72,8 @@ class ImageGrid:
         """``[N, 4]`` pixel xyxy → ``[N, 4]`` map (minx, miny, maxx, maxy) via the 4 corners."""
         xs = np.stack([boxes[:, 0], boxes[:, 2], boxes[:, 2], boxes[:, 0]], axis=1)
         ys = np.stack([boxes[:, 1], boxes[:, 1], boxes[:, 3], boxes[:, 3]], axis=1)
-        mx, my = self.transform * (xs, ys)
+        a, b, c, d, e, f = self.transform[:6]
+        mx, my = a * xs + b * ys + c, d * xs + e * ys + f
         return np.stack([mx.min(1), my.min(1), mx.max(1), my.max(1)], axis=1)
 
 
