@@ -93,7 +93,7 @@ def test_truth_csv_with_xmin_xmax_ymin_ymax_order(shared_data: Path, tmp_path: P
     order = ["image_path", "xmin", "xmax", "ymin", "ymax", "label"]
     again = read_boxes(bare, image=image, column_order=order)
     np.testing.assert_allclose(again.geometry.bounds.values, w.values)
-    with pytest.raises(DataError, match="(?s)line 2.*not a box.*column_order"):
+    with pytest.raises(DataError, match=r"(?s)line 2.*not a box.*column_order"):
         read_boxes(bare, image=image, column_order=["image_path", "xmin", "ymin", "xmax", "ymax"])
 
 
@@ -115,7 +115,7 @@ def test_bad_box_files_name_file_and_row(tmp_path: Path) -> None:
         read_boxes(outside)
     text = "image_path,xmin,ymin,xmax,ymax,label\nimg.tif,1,x,20,20,Tree\n"
     (tmp_path / "nan.csv").write_text(text)
-    with pytest.raises(DataError, match="line 2.*ymin='x' is not a number"):
+    with pytest.raises(DataError, match=r"line 2.*ymin='x' is not a number"):
         read_boxes(tmp_path / "nan.csv")
     xml = tmp_path / "bad.xml"
     xml.write_text(
@@ -132,7 +132,7 @@ def test_bad_box_files_name_file_and_row(tmp_path: Path) -> None:
 
 
 def test_not_georeferenced_image_is_refused(shared_data: Path) -> None:
-    with pytest.raises(DataError, match="SOAP_061.png.*not georeferenced"):
+    with pytest.raises(DataError, match=r"SOAP_061\.png.*not georeferenced"):
         read_boxes(shared_data / NEON / "SOAP_061.xml")
 
 
@@ -181,7 +181,7 @@ def test_encoder_weights_equal_export_and_band_mismatch(tmp_path: Path) -> None:
 
     four = create_backbone("resnet18", 4, img_size=64)
     export_backbone(four, tmp_path / "enc4", {})
-    with pytest.raises(ModelError, match="trained on 4 bands.*data has 3"):
+    with pytest.raises(ModelError, match=r"trained on 4 bands.*data has 3"):
         build_detection({**MODEL, "weights": str(tmp_path / "enc4.safetensors")}, data)
 
 
@@ -196,8 +196,9 @@ def test_learns_rectangles_and_reloads_for_prediction(tmp_path: Path, one_thread
     """
     torch.manual_seed(0)
     catalog = rectangles_catalog(tmp_path, size=384, count=60)
-    data = {"labels": "rect-boxes", "entry": "rects", "catalog": str(catalog), "chip_size": 128,
-            "block_size": 1.5, "batch_size": 4, "chips_per_epoch": 120, "eval_chips": 8}  # fmt: skip
+    data = {"labels": "rect-boxes", "entry": "rects", "catalog": str(catalog),
+            "chip_size": 128, "block_size": 1.5, "batch_size": 4, "chips_per_epoch": 120,
+            "eval_chips": 8}  # fmt: skip
     task, dm = build_detection({**MODEL, "lr": 5e-4}, data)
     trainer = _trainer(tmp_path / "run", max_epochs=1)
     trainer.fit(task, dm)
