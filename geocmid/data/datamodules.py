@@ -221,6 +221,14 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         if self.dataset is not None:
             return
         hp = self.hparams
+        if hp.block_size < 1.5:
+            # Samplers keep a chip's centre half a diagonal (0.71 chip) inside its region, so a
+            # block narrower than ~1.42 chips holds no chip at all and a split comes out empty.
+            raise ConfigError(
+                "setting 'block_size'",
+                f"is {hp.block_size} chips; split blocks narrower than 1.5 chips hold no chip",
+                "use block_size >= 1.5 (2-4 is typical)",
+            )
         self.dataset = self._build()
         footprint = self.dataset.index.geometry.union_all()
         block = hp.block_size * hp.chip_size * self.dataset.res[0]
