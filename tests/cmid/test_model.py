@@ -64,7 +64,7 @@ def test_invalid_chip_size_names_the_setting(name: str, size: int, setting: str)
 
 @pytest.mark.parametrize(
     ("name", "bands", "steps"),
-    [("resnet18", 3, 12), ("resnet18", 13, 8), ("swin_tiny", 3, 5), ("vit_small", 13, 8)],
+    [("resnet18", 3, 6), ("resnet18", 13, 6), ("swin_tiny", 3, 4), ("vit_small", 13, 6)],
 )
 def test_loss_falls_when_overfitting_a_fixed_batch(name: str, bands: int, steps: int) -> None:
     torch.manual_seed(0)
