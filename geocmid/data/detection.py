@@ -33,7 +33,7 @@ from torchgeo.datasets.utils import GeoSlice
 from torchgeo.samplers import RandomPatchSampler
 
 from geocmid.data.boxes import VECTOR_SUFFIXES, class_index, read_boxes
-from geocmid.data.catalog import Catalog, ImageryEntry, VectorLabelsEntry
+from geocmid.data.catalog import Catalog, ClassInfo, ImageryEntry, VectorLabelsEntry
 from geocmid.data.datamodules import entry_normalizer
 from geocmid.data.datasets import imagery_dataset
 from geocmid.data.sampling import (
@@ -142,7 +142,8 @@ class DetectionDataModule(L.LightningDataModule):
         labels: catalog entry name, or one or more box files (``.csv``, ``.xml``, vector).
         entry: imagery entry (needed for vector labels; for CSV/VOC: their own images).
         catalog: catalog folder.
-        classes: class names in label order (default: the entry's classes / values found).
+        object_classes: class names in label order (default: the entry's classes, or the
+            values found in the files). Named so as not to clash with the task's ``classes``.
         column_order: CSV column names in file order, for headerless CSVs.
         class_attribute: vector attribute holding the class (default: the entry's).
         area: ``"images"`` (the whole imagery is annotated) or ``"labels"`` (only the boxes'
@@ -166,7 +167,7 @@ class DetectionDataModule(L.LightningDataModule):
         labels: str | Sequence[str],
         entry: str | None = None,
         catalog: str | Path | None = None,
-        classes: Sequence[str] | None = None,
+        object_classes: Sequence[str] | None = None,
         column_order: Sequence[str] | None = None,
         class_attribute: str | None = None,
         area: str = "images",
@@ -184,7 +185,11 @@ class DetectionDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # mean/std stay out of the hparams: Lightning refuses to log a datamodule whose initial
+        # hparams differ from the task's (the task records the statistics actually used)
+        self.save_hyperparameters(ignore=["mean", "std"])
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.std = None if std is None else [float(v) for v in std]
         if area not in ("images", "labels"):
             raise ConfigError("setting 'area'", f"must be 'images' or 'labels', got {area!r}")
         self.catalog = Catalog(catalog) if catalog is not None or entry is not None else None
@@ -234,27 +239,27 @@ class DetectionDataModule(L.LightningDataModule):
             gpd.pd.concat([f.to_crs(image.crs) for f in frames], ignore_index=True), crs=image.crs
         )
         boxes["geometry"] = shapely.envelope(boxes.geometry.values)  # stay axis-aligned
-        classes = hp.classes or (label_entry.classes if label_entry else None)
+        classes = hp.object_classes or (label_entry.classes if label_entry else None)
         where = label_entry.where if label_entry else ", ".join(str(f) for f in files)
         boxes["label"], self.class_names = class_index(boxes, classes, where)
         area = shapely.box(*boxes.total_bounds) if hp.area == "labels" else None
         return BoxChipDataset(image, boxes, area, hp.min_visible, hp.min_size)
 
     def _normalizer(self, entry: ImageryEntry) -> Normalize:
-        hp = self.hparams
-        if hp.mean is None and hp.std is None:
+        mean, std = self.mean, self.std
+        if mean is None and std is None:
             normalize = entry_normalizer(entry)
             self.stats = ([float(v) for v in normalize.mean.ravel()],
                           [float(1 / v) for v in normalize.scale.ravel()])  # fmt: skip
             return normalize
         n = len(entry.bands)
-        if hp.mean is None or hp.std is None or len(hp.mean) != n or len(hp.std) != n:
+        if mean is None or std is None or len(mean) != n or len(std) != n:
             raise ConfigError(
                 "settings 'mean' / 'std'", f"need one value per band ({n} bands of {entry.where})",
                 "give both, one number per band, or neither (use the imagery's statistics)",
             )  # fmt: skip
-        self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
-        return Normalize(*self.stats)
+        self.stats = (mean, std)
+        return Normalize(mean, std)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -308,6 +313,16 @@ class DetectionDataModule(L.LightningDataModule):
         """Object classes + 1 (torchvision detectors reserve label 0 for background)."""
         self.setup()
         return len(self.class_names) + 1
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        """Background (value 0) then the object classes 1..K, as ``geocmid fit`` expects."""
+        self.setup()
+        palette = ["#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928"]
+        return [ClassInfo(0, "background", "#000000")] + [
+            ClassInfo(k, name, palette[(k - 1) % len(palette)])
+            for k, name in enumerate(self.class_names, start=1)
+        ]
 
     @property
     def in_chans(self) -> int:

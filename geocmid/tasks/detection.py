@@ -51,7 +51,9 @@ class DetectionTask(ObjectDetection):
             state dict (``.pth``), or None for random initialisation.
         in_channels: bands of the data (checked against the encoder).
         num_classes: object classes + 1 (background).
-        classes: object class names, label order (label k ↔ ``classes[k - 1]``).
+        classes: class names (or ``{"name": ...}`` dicts) in label order: the K object
+            classes (label k ↔ ``classes[k - 1]``), or all ``num_classes`` with the
+            background first (as ``geocmid fit`` passes them).
         bands: band names (for the model card).
         mean, std: per-band normalisation (raw units) the chips were normalised with (card).
         chip_size: training chip edge in pixels (card).
@@ -70,6 +72,8 @@ class DetectionTask(ObjectDetection):
 
     monitor = "val_map"
     mode = "max"
+    #: task name in model cards and in ``geocmid fit``
+    card_task = "detection"
     #: keep ``weights`` (a path, not a torchvision enum here) in the hyperparameters
     ignore = None
 
@@ -80,7 +84,7 @@ class DetectionTask(ObjectDetection):
         weights: str | None = None,
         in_channels: int = 3,
         num_classes: int = 2,
-        classes: Sequence[str] | None = None,
+        classes: Sequence[str | dict[str, Any]] | None = None,
         bands: Sequence[str] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -101,7 +105,7 @@ class DetectionTask(ObjectDetection):
         if scheduler not in ("plateau", "cosine", "none"):
             raise ConfigError("setting 'scheduler'", f"unknown scheduler '{scheduler}'",
                               "use plateau, cosine or none")  # fmt: skip
-        if classes is not None and len(classes) != num_classes - 1:
+        if classes is not None and len(classes) not in (num_classes - 1, num_classes):
             raise ConfigError(
                 "setting 'classes'", f"names {len(classes)} classes but num_classes is "
                 f"{num_classes} (object classes + background)", "make them agree",
@@ -248,14 +252,22 @@ class DetectionTask(ObjectDetection):
             return
         save_panels(
             out / f"detections_{stage}.png", samples["images"], samples["targets"],
-            samples["predictions"], self.hparams.get("classes") or (),
+            samples["predictions"], self.object_classes(),
             min_score=self.hparams["panel_score"], rgb=self.rgb_indices(),
         )  # fmt: skip
+
+    def object_classes(self) -> list[str]:
+        """Names of labels 1..K (whatever form ``classes`` was given in)."""
+        hp = self.hparams
+        given = [c["name"] if isinstance(c, dict) else str(c) for c in hp.get("classes") or []]
+        if len(given) == hp["num_classes"]:
+            given = given[1:]  # background first, as geocmid fit passes the class table
+        return given or [f"class {k}" for k in range(1, hp["num_classes"])]
 
     def model_card(self) -> dict[str, Any]:
         """What prediction needs: task, classes (0 = background), bands, normalisation, chip."""
         hp = self.hparams
-        names = list(hp.get("classes") or [f"class {k}" for k in range(1, hp["num_classes"])])
+        names = self.object_classes()
         classes = [{"value": 0, "name": "background", "color": "#000000"}] + [
             {"value": k, "name": n, "color": _PALETTE[(k - 1) % len(_PALETTE)]}
             for k, n in enumerate(names, start=1)
@@ -358,7 +370,7 @@ def build_detection(
     model_args = dict(model_config.get("init_args", model_config))
     datamodule = build_detection_datamodule(data_config)
     weights = model_args.get("weights")
-    if weights and is_export(str(weights)) and datamodule.hparams.mean is None:
+    if weights and is_export(str(weights)) and datamodule.mean is None:
         from geocmid.models.weights import load_backbone
 
         _, card = load_backbone(str(weights))
@@ -373,5 +385,5 @@ def build_detection(
             )
         stats = card_normalisation(card)
         if stats is not None:
-            datamodule.hparams.mean, datamodule.hparams.std = stats
+            datamodule.mean, datamodule.std = stats
     return build_detection_task(model_args, datamodule), datamodule
