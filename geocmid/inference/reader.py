@@ -202,8 +202,8 @@ def _pixel_offset(src: Grid, target: Grid) -> tuple[int, int] | None:
 class BlockReader:
     """Reads block extents of every date on the plan's grid. Not thread-safe: one per thread.
 
-    Use as a context manager; :meth:`read` returns raw float32 pixels ``[T, C, h, w]`` (T dates)
-    and the valid mask ``[h, w]``.
+    Use as a context manager; :meth:`read` returns raw pixels ``[T, C, h, w]`` (T dates) and the
+    valid mask ``[h, w]``.
     """
 
     def __init__(self, plan: ScenePlan) -> None:
@@ -244,10 +244,13 @@ class BlockReader:
         raise IndexError(t)
 
     def read(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels and validity of grid rows ``[row0, row1)`` x cols ``[col0, col1)``."""
+        """Raw pixels ``[T, C, h, w]`` (native dtype) and validity ``[h, w]`` of grid rows
+        ``[row0, row1)`` x cols ``[col0, col1)``."""
         h, w = row1 - row0, col1 - col0
         n_bands = len(self.plan.scenes[0].bands)
-        data = np.zeros((len(self.plan.scenes), n_bands, h, w), np.float32)
+        # Native dtype (uint8 is 4x smaller than float32): windows are converted one by one.
+        dtype = np.result_type(*(self._dataset(t).dtypes[0] for t in range(len(self.plan.scenes))))
+        data = np.zeros((len(self.plan.scenes), n_bands, h, w), dtype)
         valid = np.ones((h, w), bool)
         for t, spec in enumerate(self.plan.scenes):
             ds = self._dataset(t)
@@ -258,9 +261,11 @@ class BlockReader:
             date_valid = np.zeros((h, w), bool)
             if r0 < r1 and c0 < c1:
                 window = Window(c0, r0, c1 - c0, r1 - r0)
-                pixels = ds.read(list(spec.bands), window=window, out_dtype="float32")
+                pixels = ds.read(list(spec.bands), window=window)
                 masks = ds.read_masks(list(spec.bands), window=window)
-                ok = masks.any(axis=0) & ~np.isnan(pixels).any(axis=0)
+                ok = masks.any(axis=0)
+                if pixels.dtype.kind == "f":
+                    ok &= ~np.isnan(pixels).any(axis=0)
                 sl = (slice(r0 - dr - row0, r1 - dr - row0), slice(c0 - dc - col0, c1 - dc - col0))
                 data[t][(slice(None), *sl)] = pixels
                 date_valid[sl] = ok

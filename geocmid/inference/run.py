@@ -139,7 +139,8 @@ def predict_scene(
         "grid": grid,
         "resampling": resampling,
         "bands": [list(s.bands) for s in plan.scenes],
-        "settings": dataclasses.asdict(settings),
+        # Everything that changes pixels; prefetch does not, so a resume may change it.
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "prefetch"},
         "model": fingerprint_model(predictor.model),
         "change_input": predictor.change_input,
     }

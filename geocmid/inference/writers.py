@@ -23,7 +23,7 @@ from geocmid.errors import DataError
 from geocmid.inference.card import ModelCard
 
 #: GDAL settings for a run: a small block cache keeps memory flat whatever the scene size.
-GDAL_ENV = {"GDAL_CACHEMAX": 128 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}  # bytes
+GDAL_ENV = {"GDAL_CACHEMAX": 32 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}  # bytes
 
 
 def ensure_output_dir(out_dir: str | os.PathLike[str]) -> Path:
@@ -57,8 +57,9 @@ def refuse_existing(paths: list[Path], overwrite: bool) -> None:
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` when the block succeeds."""
+    for stale in final.parent.glob(f".{final.stem}.partial-*{final.suffix}"):
+        stale.unlink(missing_ok=True)  # left by a killed run
     tmp = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-    tmp.unlink(missing_ok=True)
     try:
         yield tmp
         os.replace(tmp, final)
