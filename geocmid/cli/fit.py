@@ -34,15 +34,22 @@ TASK_NAMES = {
     "segmentation": "geocmid.tasks.segmentation.SegmentationTask",
     "change": "geocmid.tasks.change.ChangeTask",
     "classification": "geocmid.tasks.classification.ClassificationTask",
+    "detection": "geocmid.tasks.detection.DetectionTask",
 }
 DATA_NAMES = {
     "segmentation": "geocmid.tasks.datamodules.SegmentationDataModule",
     "change": "geocmid.tasks.datamodules.SegmentationDataModule",
     "chips": "geocmid.data.chips.FeatureChipDataModule",
     "image_folder": "geocmid.tasks.datamodules.ImageFolderDataModule",
+    "detection": "geocmid.data.detection.DetectionDataModule",
 }
 #: Metric kept for the best checkpoint, per task (all "higher is better").
-MONITOR = {"segmentation": "val_mIoU", "change": "val_change_F1", "classification": "val_OA"}
+MONITOR = {
+    "segmentation": "val_mIoU",
+    "change": "val_change_F1",
+    "classification": "val_OA",
+    "detection": "val_map_50",
+}
 TOP_KEYS = {
     "seed_everything",
     "trainer",

@@ -22,6 +22,7 @@ TASKS = {
     "segmentation": "geocmid.tasks.segmentation:SegmentationTask",
     "change": "geocmid.tasks.change:ChangeTask",
     "classification": "geocmid.tasks.classification:ClassificationTask",
+    "detection": "geocmid.tasks.detection:DetectionTask",
 }
 
 
@@ -87,6 +88,10 @@ def load_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
     ``bands``, ``mean`` / ``std`` (raw units), ``chip_size``, ``in_chans``.
     """
     task, card = load_task(checkpoint)
+    if card["task"] == "detection":
+        from geocmid.tasks.detection import load_detector_for_prediction
+
+        return load_detector_for_prediction(checkpoint)
     return task.model.eval(), card
 
 
