@@ -10,13 +10,13 @@ from typing import Any
 EPILOG = """\
 examples:
   # land cover of one scene: class COG, polygons (GPKG), summary JSON, quick-look PNG
-  geocmid predict --model model.pt --card card.json scene.tif -o out/
+  geocmid predict --model model.pt --card card.json scene.tif -o out/ --tta flips
 
   # change between two dates (read on the first date's grid), with probabilities and GeoJSON
   geocmid predict --task change --model change.pt --card card.json 2000.tif 2003.tif -o out/ \\
       --probabilities --geojson
 
-  # tree crowns as boxes; windows of 400 px with 100 px overlap, flips as test-time augmentation
+  # tree crowns as boxes, merged across windows of 400 px with 100 px overlap
   geocmid predict --task detection --model trees.pt --card card.json tile.tif -o out/ \\
       --window 400 --overlap 100
 
