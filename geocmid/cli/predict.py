@@ -9,6 +9,9 @@ from typing import Any
 
 EPILOG = """\
 examples:
+  # a model fine-tuned with `geocmid fit` (task, classes and normalisation come from it)
+  geocmid predict --model runs/seg/checkpoints/best.ckpt scene.tif -o out/
+
   # land cover of one scene: class COG, polygons (GPKG), summary JSON, quick-look PNG
   geocmid predict --model model.pt --card card.json scene.tif -o out/ --tta flips
 
@@ -48,14 +51,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="SCENE", help="input rasters")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument(
-        "--model", required=True, help="TorchScript/.pt2 file or package.module:factory"
+        "--model",
+        required=True,
+        help="checkpoint from `geocmid fit` (.ckpt), TorchScript/.pt2 file or module:factory",
     )
-    parser.add_argument("--card", required=True, help="model card JSON (bands, mean, std, classes)")
+    parser.add_argument(
+        "--card", help="model card JSON (bands, mean, std, classes); not needed for .ckpt"
+    )
     parser.add_argument(
         "--task",
-        default="segmentation",
+        default=None,
+        help="what the model predicts (default: from the checkpoint, else segmentation)",
         choices=["segmentation", "change", "classification", "detection"],
-        help="what the model predicts",
     )
     parser.add_argument("--name", help="output name stem (default: input file stem(s))")
     parser.add_argument("--window", type=int, default=512, help="window size, pixels")
@@ -137,7 +144,7 @@ def handler(args: argparse.Namespace) -> int:
         iou=args.iou,
     )
     part = _parse_part(args.part)
-    if args.task == "change":
+    if predictor.task == "change":
         if len(args.inputs) != 2:
             raise ConfigError("SCENE", "change needs exactly two scenes", "pass DATE1 DATE2")
         runs = [args.inputs]

@@ -1,6 +1,7 @@
 """Loading a model for the command line: the one place to swap when task checkpoints exist.
 
-Accepted today:
+Accepted:
+- a ``geocmid fit`` checkpoint (``.ckpt``), with its model card inside;
 
 - a TorchScript file (``.pt``, ``.pth``, ``.ts``, ``.jit``): ``torch.jit.load``;
 - a ``torch.export`` program (``.pt2``): ``torch.export.load(...).module()``;
@@ -56,17 +57,44 @@ def load_model(spec: str, device: str = "cpu") -> Any:
 
 def load_predictor(
     model: str,
-    card: str | Path,
-    task: str,
+    card: str | Path | None,
+    task: str | None,
     device: str = "cpu",
     change_input: str = "stacked",
     background: int | None = 0,
 ) -> Predictor:
-    """Build a :class:`Predictor` from a model spec and a model card JSON file."""
+    """Build a :class:`Predictor` from a model spec and a model card.
+
+    A ``geocmid fit`` checkpoint (``.ckpt``) carries its own card and task; other model files
+    need ``card`` (a JSON file) and ``task``.
+    """
+    if Path(model).suffix == ".ckpt":
+        from geocmid.tasks import load_for_prediction
+
+        module, card_dict = load_for_prediction(model)
+        card_task = card_dict.get("task", "segmentation")
+        if task is not None and task != card_task:
+            raise ModelError(
+                model,
+                f"is a {card_task} model, not {task}",
+                f"drop --task or use --task {card_task}",
+            )
+        return Predictor(
+            model=module.to(device),
+            card=ModelCard.from_dict(card_dict),
+            task=card_task,  # type: ignore[arg-type]
+            device=device,
+            change_input=change_input,  # type: ignore[arg-type]
+            background=background,
+        )
+    if card is None:
+        raise ModelError(
+            model, "needs a model card", "pass --card card.json (bands, mean, std, classes)"
+        )
     return Predictor(
         model=load_model(model, device),
         card=ModelCard.from_file(card),
-        task=task,  # type: ignore[arg-type]
+        task=task or "segmentation",  # type: ignore[arg-type]
         device=device,
         change_input=change_input,  # type: ignore[arg-type]
         background=background,
