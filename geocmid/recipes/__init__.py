@@ -1,0 +1,1 @@
+"""Analyst recipes: one YAML file runs a workflow (validate → plan → run → report)."""
