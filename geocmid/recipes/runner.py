@@ -37,12 +37,18 @@ class _Tee:
 
     def write(self, text: str) -> int:
         for s in self.streams:
-            s.write(text)
+            if not s.closed:  # a logging handler may outlive the run that made it
+                s.write(text)
         return len(text)
 
     def flush(self) -> None:
         for s in self.streams:
-            s.flush()
+            if not s.closed:
+                s.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
 
     def isatty(self) -> bool:
         return False

@@ -98,6 +98,10 @@ def predict_argv(res: Resolved, facts: Facts) -> list[str]:
             argv.append(flag)
     if not step["vectors"]:
         argv.append("--no-vectors")
+    if any(p.is_file() for p in predict_outputs(res, facts.task).values()):
+        # some final outputs but not all (an interrupted assembly, a deleted file): predict
+        # refuses to replace them otherwise; an interrupted block run has none and resumes
+        argv.append("--overwrite")
     return argv
 
 
