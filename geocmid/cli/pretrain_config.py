@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -238,10 +239,15 @@ def check_chip_size(backbone: str, chip_size: int, mask_block: int) -> None:
 
 
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults ← ``--config`` file ← ``--set`` ← dotted flags ← shortcut flags."""
+    """Defaults ← ``--config`` file ← global ``--catalog`` ← ``--set`` ← dotted ← shortcut flags."""
     cfg = defaults()
     if args.config:
         merge_file(cfg, args.config)
+    # the global `geocmid --catalog X` is a command-line value too: when given explicitly it wins
+    # over the file (recipes and runners pass it that way); its default only fills a gap
+    global_catalog = getattr(args, "catalog", None)
+    if global_catalog and global_catalog != os.environ.get("GEOCMID_CATALOG", "data_catalog"):
+        cfg["data"]["catalog"] = global_catalog
     for text in args.set or []:
         key, value = parse_override(text)
         set_value(cfg, key, value, f"--set {text}")
