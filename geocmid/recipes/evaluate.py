@@ -30,6 +30,14 @@ def _labels(res: Resolved) -> tuple[Path, int | None]:
     return files[0], entry.ignore_value
 
 
+def _to_index(array: np.ndarray, lut: dict[int, int]) -> np.ndarray:
+    """Class values → indices ``0..K-1`` (−1 for values outside the table)."""
+    out = np.full(array.shape, -1, np.int64)
+    for value, index in lut.items():
+        out[array == value] = index
+    return out
+
+
 def scores(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[str, Any]:
     """Confusion-matrix scores of two equal-shape class arrays (already masked, 1-D)."""
     cm = np.bincount(ref * num_classes + pred, minlength=num_classes**2).reshape(
@@ -75,9 +83,15 @@ def evaluate_step(res: Resolved, facts: Facts) -> dict[str, Any]:
     if ignore is not None:
         valid &= ref != ignore
     card = json.loads(outputs["summary"].read_text()).get("model_card", {})
-    num = int(card.get("num_classes") or max(int(pred[valid].max(initial=0)), 1) + 1)
-    valid &= (ref >= 0) & (ref < num)
-    result = scores(pred[valid].astype(np.int64), ref[valid].astype(np.int64), num)
+    # The class raster and the labels both hold class *values* (e.g. 1..5); score on indices.
+    values = [int(c["value"]) for c in card.get("classes", [])] or sorted(
+        set(np.unique(pred[valid]).tolist()) | set(np.unique(ref[valid]).tolist())
+    )
+    lut = {v: i for i, v in enumerate(values)}
+    pred_i, ref_i = _to_index(pred, lut), _to_index(ref, lut)
+    valid &= (pred_i >= 0) & (ref_i >= 0)
+    result = scores(pred_i[valid], ref_i[valid], len(values))
+    result["classes"] = values
     result["labels"] = str(path)
     target = res.maps_dir / f"{res.steps['predict']['name']}_evaluation.json"
     target.write_text(json.dumps(result, indent=2))

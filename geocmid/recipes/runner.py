@@ -77,6 +77,15 @@ def fingerprint(settings: Any) -> str:
     ]
 
 
+def _worker_rank() -> bool:
+    """True in the extra processes of a multi-device run (Lightning / torchrun set the rank)."""
+    import os
+
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return int(rank) != 0 or int(node) != 0
+
+
 def _cli(argv: list[str], step: str) -> None:
     from geocmid.cli import main
 
@@ -84,6 +93,11 @@ def _cli(argv: list[str], step: str) -> None:
     code = main(argv)
     if code == 130:
         raise KeyboardInterrupt
+    if code == 0 and _worker_rank():
+        # Multi-device training re-launches this very command once per extra rank; those
+        # processes have done their share of the training and must not export, predict or
+        # report (rank 0 does, once).
+        raise SystemExit(0)
     if code != 0:
         raise ConfigError(
             f"step '{step}'", f"`geocmid {argv[0] if argv[0] != '--catalog' else argv[2]}` "
