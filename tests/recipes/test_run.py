@@ -16,9 +16,9 @@ from tests.recipes.conftest import RECIPES, analyst_recipes
 
 def test_quickstart_writes_map_polygons_styles_report(quickstart: Path) -> None:
     maps = quickstart / "maps"
-    with rasterio.open(maps / "change_classes.tif") as out:
-        with rasterio.open(quickstart / "demo" / "imagery" / "scene_2020-06-01.tif") as ref:
-            assert (out.crs, out.transform, out.shape) == (ref.crs, ref.transform, ref.shape)
+    scene = quickstart / "demo" / "imagery" / "scene_2020-06-01.tif"
+    with rasterio.open(maps / "change_classes.tif") as out, rasterio.open(scene) as ref:
+        assert (out.crs, out.transform, out.shape) == (ref.crs, ref.transform, ref.shape)
     for name in ("change.gpkg", "change_summary.json", "change_quicklook.png"):
         assert (maps / name).is_file()
     qml = (maps / "change_classes.qml").read_text()
