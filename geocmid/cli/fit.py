@@ -273,7 +273,8 @@ def build(config: dict[str, Any], stage: str) -> tuple[Any, Any, Any, dict[str, 
     ]
     checkpoint = ModelCheckpoint(
         dirpath=root / "checkpoints", monitor=monitor, mode=mode, save_top_k=1, save_last=True,
-        filename="best-{epoch:03d}", auto_insert_metric_name=False,
+        # A stable name: users and recipes point `geocmid predict` at checkpoints/best.ckpt.
+        filename="best", auto_insert_metric_name=False, enable_version_counter=False,
     )  # fmt: skip
     tcfg.setdefault("accelerator", "auto")
     tcfg.setdefault("log_every_n_steps", 10)
