@@ -12,6 +12,7 @@ examples:
   geocmid catalog validate                 # every entry
   geocmid catalog validate my-entry.yaml   # one file, before adding it to the catalog
   geocmid catalog stats demo-2020          # per-band mean/std/percentiles for normalisation
+  geocmid catalog download ucmerced        # fetch a public dataset (the only network access)
 
 The catalog folder is data_catalog/ unless --catalog or GEOCMID_CATALOG says otherwise:
   geocmid --catalog demo/catalog catalog list
@@ -40,6 +41,11 @@ def register(subparsers: Any) -> None:
     val = sub.add_parser("validate", help="check entries against their files (all when no NAME)")
     val.add_argument("name", nargs="?", help="entry name or YAML file")
     val.set_defaults(func=cmd_validate)
+    download = sub.add_parser(
+        "download", help="download a torchgeo_dataset entry's files (network, on request only)"
+    )
+    download.add_argument("name", help="torchgeo_dataset entry name")
+    download.set_defaults(func=cmd_download)
     stats = sub.add_parser("stats", help="estimate per-band statistics and store them")
     stats.add_argument("name", help="imagery entry name")
     stats.set_defaults(func=cmd_stats)
@@ -107,6 +113,9 @@ def describe(entry: Any, catalog: Any) -> list[str]:
         lines += [f"    {c}: {n}" for c, n in report.image_counts.items()]
     if getattr(entry, "referenced_entries", None) and entry.referenced_entries():
         lines.append(f"  refers to:  {', '.join(entry.referenced_entries())}")
+    if getattr(entry, "dataset", None):
+        lines.append(f"  dataset:    torchgeo.datasets.{entry.dataset}({entry.args or ''})")
+        lines.append(f"  root:       {entry.root_path}")
     if getattr(entry, "stats", None):
         lines.append(f"  stats mean: {', '.join(f'{v:.4g}' for v in entry.stats['mean'])}")
     return lines
@@ -160,4 +169,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"{stats['p2'][i]:>12.5g} {stats['p98'][i]:>12.5g}"
         )
     print(f"sampled {stats['pixels_sampled']} valid pixels; stored in {path}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from geocmid.data.catalog import Catalog, TorchGeoDatasetEntry
+    from geocmid.data.datasets.factory import torchgeo_dataset
+
+    catalog = Catalog(args.catalog)
+    entry = catalog.get_kind(args.name, TorchGeoDatasetEntry)
+    print(f"downloading {entry.dataset} into {entry.root_path} (TorchGeo checks the checksums)")
+    dataset = torchgeo_dataset(entry, download=True)
+    print(f"done: {len(dataset)} samples")
     return 0

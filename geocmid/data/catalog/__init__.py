@@ -7,6 +7,7 @@ from geocmid.data.catalog.schema import (
     ImageFolderEntry,
     ImageryEntry,
     RasterLabelsEntry,
+    TorchGeoDatasetEntry,
     VectorLabelsEntry,
 )
 from geocmid.data.catalog.store import Catalog, load_entry_file
@@ -21,6 +22,7 @@ __all__ = [
     "ImageFolderEntry",
     "ImageryEntry",
     "RasterLabelsEntry",
+    "TorchGeoDatasetEntry",
     "VectorLabelsEntry",
     "load_entry_file",
     "validate",

@@ -313,6 +313,33 @@ class ImageFolderEntry(Entry):
         return root if root.is_absolute() else self.base_dir / root
 
 
+@dataclass
+class TorchGeoDatasetEntry(Entry):
+    """A dataset class of ``torchgeo.datasets`` (UC Merced, Potsdam, LEVIR-CD, ...) by name.
+
+    Nothing is downloaded unless the user asks with ``geocmid catalog download NAME``.
+    """
+
+    kind: ClassVar[str] = "torchgeo_dataset"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **Entry.KEYS,
+        "dataset": (True, "class name in torchgeo.datasets, e.g. UCMerced"),
+        "root": (True, "folder holding (or receiving) the dataset files"),
+        "args": (False, "other constructor arguments, e.g. {split: train}"),
+        "task": (False, "what it is used for: classification, segmentation, change, detection"),
+    }
+
+    dataset: str = ""
+    root: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+
+    @property
+    def root_path(self) -> Path:
+        root = Path(self.root).expanduser()
+        return (root if root.is_absolute() else self.base_dir / root).resolve()
+
+
 ENTRY_KINDS: dict[str, type[Entry]] = {
     cls.kind: cls
     for cls in (
@@ -321,6 +348,7 @@ ENTRY_KINDS: dict[str, type[Entry]] = {
         VectorLabelsEntry,
         BitemporalEntry,
         ImageFolderEntry,
+        TorchGeoDatasetEntry,
     )
 }
 
@@ -422,4 +450,9 @@ def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Ent
         if "extensions" in values:
             entry.extensions = [str(e).lower() for e in _as_list(values["extensions"])]
         entry.classes = [str(c) for c in _as_list(values.get("classes"))]
+    elif isinstance(entry, TorchGeoDatasetEntry):
+        entry.dataset = str(values["dataset"])
+        entry.root = str(values["root"])
+        entry.args = dict(values.get("args") or {})
+        entry.task = values.get("task")
     return entry

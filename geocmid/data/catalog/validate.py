@@ -19,6 +19,7 @@ from geocmid.data.catalog.schema import (
     ImageFolderEntry,
     ImageryEntry,
     RasterLabelsEntry,
+    TorchGeoDatasetEntry,
     VectorLabelsEntry,
 )
 from geocmid.data.catalog.store import Catalog
@@ -174,6 +175,49 @@ def validate_image_folder(entry: ImageFolderEntry) -> dict[str, int]:
     return counts
 
 
+def torchgeo_dataset_class(entry: TorchGeoDatasetEntry) -> type:
+    """The ``torchgeo.datasets`` class of ``entry``, with its arguments checked."""
+    import inspect
+
+    import torchgeo.datasets
+
+    cls = getattr(torchgeo.datasets, entry.dataset, None)
+    if not isinstance(cls, type):
+        names = [n for n in dir(torchgeo.datasets) if n[:1].isupper()]
+        raise entry.error(
+            "dataset",
+            f"torchgeo.datasets has no '{entry.dataset}'{did_you_mean(entry.dataset, names)}",
+            "use a dataset class name of TorchGeo, e.g. UCMerced, LEVIRCD, OSCD",
+        )
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "root", "download"}
+    for key in entry.args:
+        if key not in accepted:
+            raise entry.error(
+                "args",
+                f"{entry.dataset} takes no argument '{key}'{did_you_mean(key, accepted)}",
+                f"its arguments: {', '.join(sorted(accepted))}",
+            )
+    return cls
+
+
+def validate_torchgeo_dataset(entry: TorchGeoDatasetEntry) -> None:
+    """The class and arguments exist, and the files are there (never downloads)."""
+    import inspect
+
+    cls = torchgeo_dataset_class(entry)
+    root = entry.root_path
+    if not root.is_dir() or not any(root.iterdir()):
+        downloadable = "download" in inspect.signature(cls.__init__).parameters
+        raise DataError(
+            entry.where,
+            f"the {entry.dataset} files are not in {root}",
+            f"download them with `geocmid catalog download {entry.name}`"
+            if downloadable
+            else f"TorchGeo cannot download {entry.dataset}: fetch it by hand into {root} "
+            "(see TorchGeo's documentation of the dataset)",
+        )
+
+
 def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
     """Validate ``entry`` (and what it refers to); raise a :class:`GeocmidError` if unusable."""
     report = EntryReport(entry)
@@ -189,6 +233,8 @@ def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
         report.rasters = validate_bitemporal(entry, catalog)
     elif isinstance(entry, ImageFolderEntry):
         report.image_counts = validate_image_folder(entry)
+    elif isinstance(entry, TorchGeoDatasetEntry):
+        validate_torchgeo_dataset(entry)
     return report
 
 

@@ -15,6 +15,7 @@ from geocmid.data.catalog import (
     ImageFolderEntry,
     ImageryEntry,
     RasterLabelsEntry,
+    TorchGeoDatasetEntry,
     VectorLabelsEntry,
     validate,
 )
@@ -148,6 +149,27 @@ def image_folder_dataset(
     )
 
 
+def torchgeo_dataset(entry: TorchGeoDatasetEntry, download: bool = False, **kwargs: Any) -> Any:
+    """Instantiate the entry's TorchGeo dataset; ``download=True`` only when the user asked."""
+    import inspect
+
+    from geocmid.data.catalog.validate import torchgeo_dataset_class, validate_torchgeo_dataset
+
+    cls = torchgeo_dataset_class(entry)
+    args = {**entry.args, **kwargs}
+    if download:
+        if "download" not in inspect.signature(cls.__init__).parameters:
+            raise ConfigError(
+                entry.where,
+                f"TorchGeo cannot download {entry.dataset}",
+                f"fetch it by hand into {entry.root_path} (see TorchGeo's documentation)",
+            )
+        entry.root_path.mkdir(parents=True, exist_ok=True)
+        return cls(root=str(entry.root_path), download=True, **args)
+    validate_torchgeo_dataset(entry)
+    return cls(root=str(entry.root_path), **args)
+
+
 def dataset_from_entry(entry: Entry, catalog: Catalog | None = None, **kwargs: Any) -> Any:
     """The natural TorchGeo dataset of any entry (vector labels need ``crs`` and ``res``)."""
     if isinstance(entry, ImageryEntry):
@@ -162,4 +184,6 @@ def dataset_from_entry(entry: Entry, catalog: Catalog | None = None, **kwargs: A
         return bitemporal_dataset(entry, catalog, **kwargs)
     if isinstance(entry, ImageFolderEntry):
         return image_folder_dataset(entry, **kwargs)
+    if isinstance(entry, TorchGeoDatasetEntry):
+        return torchgeo_dataset(entry, **kwargs)
     raise ConfigError(entry.where, f"no dataset for kind {entry.kind}")
