@@ -59,7 +59,7 @@ def test_cli_band_mismatch_exits_2(clear_catalog: Path, tmp_path: Path, capsys) 
     [
         (["model.class_path=segmentatoin"], "did you mean 'segmentation'"),
         (["model.model=unett"], "unknown decoder 'unett'"),
-        (["data.block_size=1.0", "data.chip_size=64"], "no 64-pixel chip fits"),
+        (["data.block_size=1.0", "data.chip_size=64"], "narrower than 1.5 chips hold no chip"),
     ],
 )
 def test_cli_config_errors_exit_2(
