@@ -109,7 +109,8 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.normalize = entry_normalizer(self.entry)
-            self.dataset = imagery_dataset(self.entry)
+            # Chips travel from the workers in their file type and become float on the device.
+            self.dataset = imagery_dataset(self.entry, native_dtype=True)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise each batch on its device (per-band statistics of the entry; nodata → 0)."""

@@ -107,7 +107,7 @@ class Normalize:
         Normalising after the transfer keeps the per-chip loader work to reading, which is
         what bounds pretraining throughput on CPU workers.
         """
-        image = batch["image"]
+        image = batch["image"].float()  # chips may travel in their 8/16-bit file type
         mean = torch.as_tensor(self.mean, device=image.device)
         scale = torch.as_tensor(self.scale, device=image.device)
         image = (image - mean) * scale

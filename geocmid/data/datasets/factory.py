@@ -36,6 +36,7 @@ def imagery_dataset(
     res: float | tuple[float, float] | None = None,
     transforms: Transform | None = None,
     check: bool = True,
+    native_dtype: bool = False,
 ) -> CatalogRasterDataset:
     """A :class:`CatalogRasterDataset` over an imagery entry, warped to ``crs``/``res`` if given."""
     if check:
@@ -55,6 +56,7 @@ def imagery_dataset(
         date=pd.Timestamp(entry.date) if entry.date else None,
         assign_crs=parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
         transforms=transforms,
+        native_dtype=native_dtype,
     )
 
 
