@@ -168,7 +168,7 @@ def predict_scene(
             "model_card": card.to_dict(),
         }
         if task in ("segmentation", "change"):
-            _finish_dense(predictor, work, layout, plan.grid, paths, options, tags, result)
+            _finish_dense(predictor, work, layout, plan, paths, options, tags, result)
         else:
             _finish_objects(predictor, work, layout, plan, paths, options, result)
         result.summary["outputs"] = {k: str(v) for k, v in paths.items()}
@@ -191,12 +191,13 @@ def _finish_dense(
     predictor: Predictor,
     work: WorkDir,
     layout: Any,
-    grid: Any,
+    plan: Any,
     paths: dict[str, Path],
     options: OutputOptions,
     tags: dict[str, str],
     result: PredictionResult,
 ) -> None:
+    grid = plan.grid
     card = predictor.model_card
     cls_tmp, prob_tmp, stats = assemble.assemble_dense(work, layout, grid, card, work.path)
     if "probabilities" in paths:
@@ -215,7 +216,9 @@ def _finish_dense(
         )
         _write_vectors(frame, paths, "changes" if predictor.task == "change" else "polygons")
     if "quicklook" in paths:
-        summary.quicklook_classes(paths["classes"], card, paths["quicklook"])
+        summary.quicklook_classes(
+            paths["classes"], card, paths["quicklook"], plan.scenes, predictor.background
+        )
     result.summary["nodata_pixels"] = stats.nodata_pixels
     result.summary["classes"] = summary.class_table(card, stats.pixels, stats.area_m2, frame)
 

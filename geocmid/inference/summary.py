@@ -62,18 +62,79 @@ def _shape(width: int, height: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def quicklook_classes(class_tif: Path, card: ModelCard, path: Path) -> Path:
-    """Colour the class raster (read decimated through its overviews); nodata is transparent."""
+def _rgb_on_grid(scene: Any, bands: tuple[int, ...], ds: Any, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W, 3]`` uint8 of ``scene`` read onto ``ds``'s grid at ``shape``, 2-98 % stretched."""
+    from rasterio.vrt import WarpedVRT
+
+    rgb_bands = list(bands[:3]) if len(bands) >= 3 else [bands[0]] * 3
+    with (
+        rasterio.open(scene.path) as src,
+        WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height) as vrt,
+    ):
+        img = vrt.read(rgb_bands, out_shape=(3, *shape), resampling=Resampling.average)
+        valid = vrt.read_masks(1, out_shape=shape) > 0
+    img = img.astype(np.float64)
+    out = np.zeros((*shape, 3), np.uint8)
+    for b in range(3):  # per band, over valid pixels: reads like the eye expects
+        v = img[b][valid]
+        lo, hi = (np.percentile(v, 2), np.percentile(v, 98)) if v.size else (0.0, 1.0)
+        out[..., b] = np.clip((img[b] - lo) / max(hi - lo, 1e-9) * 255, 0, 255)
+    out[~valid] = 255
+    return out
+
+
+def _rgb_band_indexes(scene: Any, card: ModelCard) -> tuple[int, ...]:
+    """The scene's red, green, blue bands when the card names them, else its first bands."""
+    names = [str(b).lower() for b in card.bands]
+    if all(c in names for c in ("red", "green", "blue")):
+        return tuple(scene.bands[names.index(c)] for c in ("red", "green", "blue"))
+    return tuple(scene.bands)
+
+
+def quicklook_classes(
+    class_tif: Path,
+    card: ModelCard,
+    path: Path,
+    scenes: tuple[Any, ...] = (),
+    background: int | None = None,
+) -> Path:
+    """A PNG to look at: the classes over the scene, or before | after | change for two dates.
+
+    Classes are drawn in their colours, half transparent over the (stretched, decimated) first
+    scene; for change the panels are both dates and the second date with the change classes
+    over it. ``background`` (no change) is left uncoloured. Without scenes: the classes alone.
+    """
     with rasterio.open(class_tif) as ds:
         h, w = _shape(ds.width, ds.height)
         cls = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         nodata = ds.nodata
-    rgba = np.zeros((h, w, 4), np.uint8)
+        bases = [_rgb_on_grid(s, _rgb_band_indexes(s, card), ds, (h, w)) for s in scenes]
+    colour = np.zeros((h, w, 3), np.uint8)
+    painted = np.zeros((h, w), bool)
     for c in card.classes:
-        rgba[cls == c.value] = c.color
-    rgba[cls == nodata] = 0
+        if c.value == background and bases:
+            continue
+        hit = cls == c.value
+        colour[hit] = c.color[:3]
+        painted |= hit
+    painted &= cls != nodata
+    if not bases:
+        rgba = np.dstack([colour, np.where(painted, 255, 0).astype(np.uint8)])
+        image = Image.fromarray(rgba, "RGBA")
+    else:
+        overlay = bases[-1].copy()
+        alpha = 0.45 if len(bases) == 1 else 0.75
+        overlay[painted] = (alpha * colour[painted] + (1 - alpha) * overlay[painted]).astype(
+            np.uint8
+        )
+        panels = [*bases, overlay] if len(bases) > 1 else [overlay]
+        gap = np.full((h, 8, 3), 255, np.uint8)
+        row = [panels[0]]
+        for panel in panels[1:]:
+            row += [gap, panel]
+        image = Image.fromarray(np.concatenate(row, axis=1), "RGB")
     with atomic_path(path) as tmp:
-        Image.fromarray(rgba, "RGBA").save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
     return path
 
 

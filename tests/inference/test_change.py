@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import rasterio
 import toymodels
-from conftest import write_scene
 from rasterio.transform import from_origin
 
 from geocmid.errors import DataError
 from geocmid.inference import OutputOptions, Predictor, RunSettings, predict_scene
+from tests.inference.conftest import write_scene
 
 SETTINGS = RunSettings(window=64, overlap=16, block_size=100)
 OPTIONS = OutputOptions(probabilities=True, quicklook=False)

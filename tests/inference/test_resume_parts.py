@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import rasterio
 import toymodels
-from conftest import write_scene
 
 from geocmid.inference import OutputOptions, Predictor, RunSettings, predict_scene
+from tests.inference.conftest import write_scene
 
 SETTINGS = RunSettings(window=128, overlap=32, block_size=200, batch_size=4)
 OPTIONS = OutputOptions(probabilities=True, quicklook=True)

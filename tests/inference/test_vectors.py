@@ -8,11 +8,11 @@ import rasterio
 import shapely
 import torch
 import toymodels
-from conftest import write_scene
 from rasterio.transform import from_origin
 
 from geocmid.inference import OutputOptions, Predictor, RunSettings, predict, predict_scene
 from geocmid.inference.detections import merge_boxes
+from tests.inference.conftest import write_scene
 
 
 def threshold_model() -> torch.nn.Module:
