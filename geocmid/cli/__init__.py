@@ -59,7 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geocmid`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take positionals after options; commands that take KEY=VALUE overrides
+    # (set_defaults(trailing_overrides=DEST)) accept them anywhere on the line.
+    dest = getattr(args, "trailing_overrides", None)
+    if dest:
+        getattr(args, dest).extend(e for e in extra if "=" in e and not e.startswith("-"))
+        extra = [e for e in extra if "=" not in e or e.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

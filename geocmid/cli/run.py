@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
         "--redo", action="append", default=[], metavar="STEP",
         help="rerun STEP even if its outputs are complete (repeatable)",
     )  # fmt: skip
-    parser.set_defaults(func=handler)
+    # KEY=VALUE overrides may also follow the options (`run R --tiny a.b=1`); main() routes them.
+    parser.set_defaults(func=handler, trailing_overrides="overrides")
 
 
 def prepare(args: argparse.Namespace) -> Any:
