@@ -149,6 +149,8 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         block_size: edge of the split blocks, in chips (blocks are dealt to splits).
         chips_per_epoch: training chips per epoch; val/test use fixed chips.
         num_workers: data-loading processes.
+        max_nodata: training chips with a larger nodata fraction (0-1) are redrawn inside the
+            train region (1 keeps every chip; nodata pixels are ignored by the loss anyway).
         seed: seed of the split and of the sampling.
     """
 
@@ -254,7 +256,13 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         sampler = self._sampler(
             0, max(hp.batch_size, hp.chips_per_epoch // world), rank_seed(hp.seed)
         )
-        return _loader(self.dataset, sampler, hp.batch_size, hp.num_workers, drop_last=True)
+        chips = self.dataset
+        if hp.max_nodata < 1:
+            # Redraws stay in the train region, so splits remain spatially disjoint.
+            chips = NodataRejectingDataset(
+                self.dataset, hp.chip_size, hp.max_nodata, hp.seed, region=self.regions[0]
+            )
+        return _loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
 
     def _eval_loader(self, split: int) -> DataLoader:
         self.setup()
@@ -281,7 +289,8 @@ def ignore_value_of(
         return None if any(c.value == 0 for c in entry.classes) else 0
     if entry.ignore_value is not None:
         return entry.ignore_value
-    return getattr(labels, "ignore_value", None) or getattr(labels, "nodata_value", None)
+    ignore = getattr(labels, "ignore_value", None)  # class-mask labels
+    return ignore if ignore is not None else getattr(labels, "nodata_value", None)
 
 
 def prediction_sampler(dataset: GeoDataset, size: int, overlap: int) -> GriddedPatchSampler:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import rasterio.errors
 from rasterio.crs import CRS
@@ -64,6 +67,34 @@ def raster_info(path: str | Path) -> RasterInfo:
             nodata=src.nodata,
             georeferenced=georeferenced,
         )
+
+
+def valid_pixels(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``[..., H, W]`` bool: True where at least one band of ``array [..., C, H, W]`` holds data.
+
+    A pixel is nodata when every band equals ``nodata`` (GDAL's per-dataset mask) or is NaN.
+    """
+    floating = array.dtype.kind == "f"
+    if nodata is None or math.isnan(nodata):
+        invalid = np.isnan(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
+    else:
+        # Test one band first: most chips hold no nodata, so the other bands are rarely read.
+        invalid = array[..., 0, :, :] == nodata
+        if invalid.any() and array.shape[-3] > 1:
+            invalid &= (array[..., 1:, :, :] == nodata).all(axis=-3)
+        if floating:
+            invalid |= np.isnan(array).all(axis=-3)
+    return ~invalid
+
+
+def valid_pixels_per_band(array: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
+    """``[..., H, W]`` bool: True where no band equals its own nodata value (one file per band)."""
+    floating = array.dtype.kind == "f"
+    invalid = np.isnan(array).any(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
+    for band, value in enumerate(nodata):
+        if value is not None and not math.isnan(value):
+            invalid |= array[..., band, :, :] == value
+    return ~invalid
 
 
 def crs_label(crs: CRS | None) -> str:

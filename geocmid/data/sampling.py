@@ -41,7 +41,8 @@ def nodata_fraction(sample: Sample) -> float:
 class NodataRejectingDataset(Dataset):
     """Wraps a GeoDataset; a chip with more than ``max_nodata`` nodata is replaced by a new draw.
 
-    Replacement chips are drawn uniformly inside the dataset's footprint, on its pixel grid,
+    Replacement chips are drawn uniformly inside the dataset's footprint (or ``region`` of it,
+    e.g. one split, so replacements never cross into another split), on its pixel grid,
     with a generator seeded per rank and worker, so epochs keep their length and ranks stay
     distinct. After ``max_tries`` the least-empty candidate is returned (and counted).
 
@@ -51,11 +52,12 @@ class NodataRejectingDataset(Dataset):
         max_nodata: largest accepted nodata fraction, 0-1.
         seed: base seed of the replacement draws.
         max_tries: candidates drawn per requested chip before giving up.
+        region: where replacement chips may lie (default: the whole footprint).
     """
 
     def __init__(
         self, dataset: GeoDataset, size: int, max_nodata: float = 0.5, seed: int = 0,
-        max_tries: int = 20,
+        max_tries: int = 20, region: BaseGeometry | None = None,
     ) -> None:  # fmt: skip
         self.dataset = dataset
         self.size = size
@@ -68,6 +70,8 @@ class NodataRejectingDataset(Dataset):
         res = dataset.res
         half = math.hypot(size * res[0], size * res[1]) / 2
         area = dataset.index.geometry.union_all()
+        if region is not None:
+            area = area & region
         core = area.buffer(-half)
         self._region = core if not core.is_empty else area
 

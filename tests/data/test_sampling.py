@@ -57,7 +57,6 @@ def test_pretrain_batches_are_normalised_and_valid(half_nodata: Catalog) -> None
 
 
 def test_two_ranks_draw_different_chips(half_nodata: Catalog, monkeypatch) -> None:
-    ds = dataset_from_entry(half_nodata.get("scene"))
     chips = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
@@ -76,7 +75,6 @@ def test_two_ranks_draw_different_chips(half_nodata: Catalog, monkeypatch) -> No
         chips.append({tuple(b[:4].tolist()) for batch in loader for b in batch["bounds"]})
     assert not chips[0] & chips[1]
     assert rank_seed(7, 0) != rank_seed(7, 1)
-    _ = ds
 
 
 def test_splits_are_spatially_disjoint(half_nodata: Catalog) -> None:
@@ -109,6 +107,22 @@ def test_splits_are_spatially_disjoint(half_nodata: Catalog) -> None:
             assert boxes[i].intersection(boxes[j]).area == pytest.approx(0, abs=1e-6)
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["mask"].unique().tolist()) <= {0, 1, 255}
+
+
+def test_supervised_training_chips_rejected_within_the_train_region(half_nodata: Catalog) -> None:
+    dm = SupervisedGeoDataModule(
+        "scene", labels="labels", catalog=half_nodata.folder, chip_size=16, batch_size=4,
+        block_size=2, chips_per_epoch=64, eval_chips=8, max_nodata=0.1,
+    )  # fmt: skip
+    dm.setup()
+    others = shapely.union_all(dm.regions[1:])
+    loader = dm.train_dataloader()
+    for batch in loader:
+        assert float((~batch["valid"]).float().mean(dim=(1, 2)).max()) <= 0.1
+        for b in batch["bounds"]:
+            chip = shapely.box(float(b[0]), float(b[3]), float(b[1]), float(b[4]))
+            assert chip.intersection(others).area == pytest.approx(0, abs=1e-6)
+    assert loader.dataset.rejected > 0, "nodata-heavy draws were replaced"
 
 
 def test_bitemporal_dates_in_other_crs_and_resolution_align(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import pytest
 
 from geocmid.cli import main
 from geocmid.tasks import load_for_prediction
-from tests.rasters import write_entry
 
 pytestmark = pytest.mark.shared
 REPO = Path(__file__).resolve().parents[2]
@@ -22,35 +21,6 @@ SMOKE = ("trainer.max_epochs=1", "trainer.limit_train_batches=2",
          "trainer.enable_model_summary=false",
          "data.chip_size=64", "data.batch_size=2", "data.chips_per_epoch=4",
          "data.eval_chips=2")  # fmt: skip
-
-
-@pytest.fixture
-def real_catalog(tmp_path: Path, shared_data: Path) -> Path:
-    s = shared_data
-    entries = {
-        "atlanta": f"kind: imagery\npaths: {s}/segmentation/spacenet-atlanta/sample_geotiff.tif\n"
-        "bands: [pan]\n",
-        "atlanta-buildings": "kind: vector_labels\n"
-        f"paths: {s}/segmentation/spacenet-atlanta/geotiff_labels.geojson\n"
-        "classes: {1: building}\n",
-        "nc": f"kind: imagery\nband_files: {s}/segmentation/nc-landsat/lsat7_2000_{{band}}.tif\n"
-        "bands: ['10', '20', '30', '40', '50', '70']\n",
-        "nc-labels": "kind: raster_labels\n"
-        f"paths: {s}/segmentation/nc-landsat/landsat96_labelled_pixels.tif\n"
-        "classes: {1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7}\n",
-        "tz-2000": f"kind: imagery\npaths: {s}/change/taizhou-landsat/Taizhou/2000TM\nbands: 6\n"
-        "date: 2000-05-01\n",
-        "tz-2003": f"kind: imagery\npaths: {s}/change/taizhou-landsat/Taizhou/2003TM\nbands: 6\n"
-        "date: 2003-05-01\n",
-        "tz-change": "kind: raster_labels\nclass_masks:\n"
-        f"  1: {s}/change/taizhou-landsat/Taizhou/change.bmp\n"
-        f"  0: {s}/change/taizhou-landsat/Taizhou/unchanged.bmp\n"
-        "classes: {0: no change, 1: change}\nignore_value: 255\nalign_with: tz-2000\n",
-        "taizhou": "kind: bitemporal\nbefore: tz-2000\nafter: tz-2003\nchange_labels: tz-change\n",
-    }
-    for name, text in entries.items():
-        write_entry(tmp_path / "catalog", name, text)
-    return tmp_path / "catalog"
 
 
 def fit(catalog: Path, recipe: str, out: Path, *sets: str) -> dict:

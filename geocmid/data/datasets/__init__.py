@@ -11,7 +11,7 @@ from geocmid.data.datasets.factory import (
 )
 from geocmid.data.datasets.folder import ImageFolderDataset
 from geocmid.data.datasets.labels import IGNORE_INDEX, ClassLookup, ClassMaskDataset
-from geocmid.data.datasets.raster import CatalogRasterDataset, valid_mask
+from geocmid.data.datasets.raster import CatalogRasterDataset
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,6 +25,5 @@ __all__ = [
     "image_folder_dataset",
     "imagery_dataset",
     "raster_labels_dataset",
-    "valid_mask",
     "vector_labels_dataset",
 ]

@@ -34,6 +34,8 @@ from torch import Tensor
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
+from geocmid.data.rasters import valid_pixels, valid_pixels_per_band
+
 Sample = dict[str, Any]
 #: Image types that ``native_dtype`` keeps as they are (torch collates them; floats are cast).
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16))
@@ -306,9 +308,10 @@ class CatalogRasterDataset(RasterDataset):
         return sample
 
     def _valid_from_array(self, data: np.ndarray) -> Tensor:
+        # numpy: single-threaded and faster than torch on chip-sized arrays
         if self.band_nodata is not None:
-            return valid_mask_per_band(torch.from_numpy(data), self.band_nodata)
-        return valid_mask(torch.from_numpy(data), self.nodata_value)
+            return torch.from_numpy(valid_pixels_per_band(data, self.band_nodata))
+        return torch.from_numpy(valid_pixels(data, self.nodata_value))
 
     def __getitem__(self, index: GeoSlice) -> Sample:
         sample = self._read_fast(index) or super().__getitem__(index)
@@ -317,36 +320,6 @@ class CatalogRasterDataset(RasterDataset):
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
         return sample
-
-
-def valid_mask(image: Tensor, nodata: float | None) -> Tensor:
-    """``[H, W]`` bool: True where at least one band of ``image [C, H, W]`` holds data."""
-    array = image.numpy()  # numpy: single-threaded and faster than torch on chip-sized arrays
-    floating = array.dtype.kind == "f"
-    if nodata is None or math.isnan(nodata):
-        invalid = np.isnan(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
-    else:
-        # Test one band first: most chips hold no nodata, so the other bands are rarely read.
-        invalid = array[..., 0, :, :] == nodata
-        if invalid.any() and array.shape[-3] > 1:
-            invalid &= (array[..., 1:, :, :] == nodata).all(axis=-3)
-        if floating:
-            invalid |= np.isnan(array).all(axis=-3)
-    return torch.from_numpy(~invalid)
-
-
-def valid_mask_per_band(image: Tensor, nodata: Sequence[float | None]) -> Tensor:
-    """``[H, W]`` bool: True where no band of ``image [C, H, W]`` equals its own nodata value."""
-    array = image.numpy()
-    invalid = (
-        np.isnan(array).any(axis=-3)
-        if array.dtype.kind == "f"
-        else np.zeros(array.shape[-2:], bool)
-    )
-    for band, value in enumerate(nodata):
-        if value is not None and not math.isnan(value):
-            invalid |= array[..., band, :, :] == value
-    return torch.from_numpy(~invalid)
 
 
 def band_regex_from_pattern(pattern: str) -> str:
