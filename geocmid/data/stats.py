@@ -29,12 +29,30 @@ def _decimated_read(path: Path, nodata: float | None) -> np.ndarray:
     return data[:, valid_pixels(data, nodata)]
 
 
+#: Statistics computed in this process, by files (with size and time) and reading settings:
+#: catalog entries are re-read on every lookup, so callers cannot share the entry object.
+_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 def compute_stats(entry: ImageryEntry) -> dict[str, Any]:
     """Estimate per-band mean, std and 2/50/98th percentiles over the valid pixels of ``entry``.
 
     Each file is sampled on a regular grid of at most :data:`PIXELS_PER_FILE` pixels; nodata
-    pixels (all bands equal nodata) are excluded.
+    pixels (all bands equal nodata) are excluded. Repeated calls for unchanged files are free.
     """
+    files = entry.files()
+    key = (
+        tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files),
+        entry.nodata,
+        tuple(entry.bands),
+        entry.band_files,
+    )
+    if key not in _CACHE:
+        _CACHE[key] = _estimate(entry)
+    return json.loads(json.dumps(_CACHE[key]))  # a copy callers may change
+
+
+def _estimate(entry: ImageryEntry) -> dict[str, Any]:
     if entry.band_files:
         # One file per band: each band has its own nodata mask, so pool per band.
         per_band = [

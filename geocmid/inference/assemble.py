@@ -64,6 +64,8 @@ def assemble_dense(
     }
     cls_path, prob_path = out_dir / "classes.tif", out_dir / "probabilities.tif"
     stats = ClassStats(np.zeros(k, np.int64), np.zeros(k, np.float64))
+    # m² per pixel of every row, once: geodesic rows cost a pyproj call each in geographic CRSs
+    row_areas = pixel_area_rows(grid.transform, grid.crs, 0, grid.height)
     with (
         rasterio.open(cls_path, "w", count=1, dtype=dtype, nodata=nodata, **profile) as cls_ds,
         rasterio.open(prob_path, "w", count=k, dtype="uint8", nodata=NO_PROB, **profile) as prob_ds,
@@ -73,7 +75,7 @@ def assemble_dense(
             window = Window(c0, r0, c1 - c0, r1 - r0)
             cls_ds.write(lookup[cls].astype(dtype), 1, window=window)
             prob_ds.write(pct, window=window)
-            _add_stats(stats, cls, grid, r0, k)
+            _add_stats(stats, cls, row_areas[r0 : r0 + cls.shape[0]], k)
     return cls_path, prob_path, stats
 
 
@@ -96,8 +98,8 @@ def _region(work: WorkDir, layout: Layout, key: tuple) -> tuple[np.ndarray, np.n
     return finish(num, wsum, valid)
 
 
-def _add_stats(stats: ClassStats, cls: np.ndarray, grid: Grid, row0: int, k: int) -> None:
-    areas = pixel_area_rows(grid.transform, grid.crs, row0, cls.shape[0])  # m² per pixel, per row
+def _add_stats(stats: ClassStats, cls: np.ndarray, areas: np.ndarray, k: int) -> None:
+    """Add a region's pixel counts and areas (``areas``: m² per pixel of each of its rows)."""
     valid = cls != NO_CLASS
     stats.nodata_pixels += int((~valid).sum())
     rows = np.broadcast_to(areas[:, None], cls.shape)

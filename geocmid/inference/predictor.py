@@ -16,6 +16,7 @@ are 0 after normalisation (the band mean).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -86,6 +87,13 @@ class Predictor:
             raise ConfigError("change_input", f"'{self.change_input}'", "use 'stacked' or 'pair'")
         if isinstance(self.model, torch.nn.Module):
             self.model = self.model.to(self.device).eval()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of the model's weights, computed once (the resume store compares it per scene)."""
+        from geocmid.inference.store import fingerprint_model
+
+        return fingerprint_model(self.model)
 
     @property
     def model_card(self) -> ModelCard:

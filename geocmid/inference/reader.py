@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from geocmid.data.rasters import open_raster
 from geocmid.errors import DataError, ModelError
 from geocmid.inference.card import ModelCard
 
@@ -75,16 +75,6 @@ class ScenePlan:
     scenes: tuple[SceneSpec, ...]
     grid: Grid
     resampling: str = "bilinear"
-
-
-def _open(path: str | os.PathLike[str]) -> Any:
-    path = str(path)
-    if not Path(path).exists():
-        raise DataError(path, "does not exist", "check the path of the input scene")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as error:
-        raise DataError(path, f"cannot be read as a raster ({error})", "pass a GeoTIFF") from error
 
 
 def _grid_of(src: Any) -> Grid:
@@ -143,7 +133,7 @@ def plan_scenes(
         raise DataError("resampling", f"'{resampling}' is unknown", "use e.g. bilinear, nearest")
     grids, selected = [], []
     for path in paths:
-        with _open(path) as src:
+        with open_raster(path) as src:
             grids.append(_grid_of(src))
             selected.append(select_bands(src, card, str(path), bands))
     target = grids[1] if grid == "second" and len(grids) > 1 else grids[0]

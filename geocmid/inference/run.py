@@ -25,7 +25,7 @@ from geocmid.inference.detections import boxes_frame, merge_boxes
 from geocmid.inference.engine import RunSettings, blocks_for_part, run_blocks
 from geocmid.inference.predictor import Predictor
 from geocmid.inference.reader import plan_scenes
-from geocmid.inference.store import WorkDir, fingerprint_model
+from geocmid.inference.store import WorkDir
 from geocmid.inference.vectorize import polygons, scene_cells
 from geocmid.inference.writers import (
     GDAL_ENV,
@@ -141,7 +141,7 @@ def predict_scene(
         "bands": [list(s.bands) for s in plan.scenes],
         # Everything that changes pixels; prefetch does not, so a resume may change it.
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "prefetch"},
-        "model": fingerprint_model(predictor.model),
+        "model": predictor.fingerprint,
         "change_input": predictor.change_input,
     }
     work = WorkDir(out / f".{name}.geocmid-work", {**config, "card": card.to_dict()})

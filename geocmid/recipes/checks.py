@@ -34,9 +34,14 @@ class SceneInfo:
 
     @property
     def area_km2(self) -> float:
-        left, bottom, right, top = self.bounds
-        factor = 1e-6 if self.crs and not self.crs.startswith("EPSG:4326") else 0.0
-        return (right - left) * (top - bottom) * factor
+        """Footprint area (geodesic in a geographic CRS, unit-aware otherwise); NaN without CRS."""
+        import shapely
+        from rasterio.crs import CRS
+
+        from geocmid.inference.areas import geometry_areas_m2
+
+        crs = CRS.from_user_input(self.crs) if self.crs else None
+        return float(geometry_areas_m2([shapely.box(*self.bounds)], crs)[0]) / 1e6
 
 
 @dataclass

@@ -66,12 +66,14 @@ def evaluate_step(res: Resolved, facts: Facts) -> dict[str, Any]:
     import rasterio
     from rasterio.warp import Resampling, reproject
 
+    from geocmid.data.rasters import open_raster
+
     outputs = S.predict_outputs(res, facts.task)
     path, ignore = _labels(res)
     with rasterio.open(outputs["classes"]) as src:
         pred, nodata = src.read(1), src.nodata
         ref = np.full(pred.shape, 255 if ignore is None else ignore, np.int32)
-        with rasterio.open(path) as lab:
+        with open_raster(path) as lab:  # a missing or broken label file: a plain error
             reproject(
                 rasterio.band(lab, 1), ref, dst_transform=src.transform, dst_crs=src.crs,
                 resampling=Resampling.nearest, src_nodata=lab.nodata,

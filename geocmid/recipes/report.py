@@ -116,7 +116,8 @@ def write_report(res: Resolved, facts: Facts, state: dict[str, Any]) -> Path:
         if summary.get("classes"):
             lines += ["| class | pixels | area (m²) | polygons |", "|---|---|---|---|"]
             for c in summary["classes"]:
-                lines.append(f"| {c['name']} | {c.get('pixels', '')} | {c.get('area_m2', 0):.0f} |"
+                area = c.get("area_m2") or 0  # None for a scene without a CRS
+                lines.append(f"| {c['name']} | {c.get('pixels', '')} | {area:.0f} |"
                              f" {c.get('objects', '')} |")  # fmt: skip
             lines.append("")
         lines += ["Open in QGIS (styles load with the layers):", ""]

@@ -72,7 +72,9 @@ def load_task(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     cls = task_class(card["task"])
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
-    hparams["weights"] = None
+    hparams["weights"] = None  # every weight, encoder included, comes from the state dict
+    if hparams.get("backbone") is None and card.get("backbone"):
+        hparams["backbone"] = card["backbone"]
     task = cls(**hparams)
     task.load_state_dict(ckpt["state_dict"])
     task.eval()
@@ -89,9 +91,9 @@ def load_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
     """
     task, card = load_task(checkpoint)
     if card["task"] == "detection":
-        from geocmid.tasks.detection import load_detector_for_prediction
+        from geocmid.tasks.detection_model import DetectorForPrediction
 
-        return load_detector_for_prediction(checkpoint)
+        return DetectorForPrediction(task.model, card["in_chans"]).eval(), card
     return task.model.eval(), card
 
 

@@ -301,15 +301,26 @@ class ImageFolderDataModule(L.LightningDataModule):
         if hp.mean is not None and hp.std is not None:
             self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
         else:
-            pixels = torch.cat([dataset[i]["image"].flatten(1) for i in self.splits[0]], dim=1)
-            self.stats = (pixels.mean(1).tolist(), pixels.std(1).clamp(min=1e-6).tolist())
+            # Running sums, one image at a time: a UC Merced-sized folder never sits in memory.
+            total = square = None
+            count = 0
+            for i in self.splits[0]:
+                pixels = dataset[i]["image"].flatten(1).double()
+                total = pixels.sum(1) if total is None else total + pixels.sum(1)
+                square = (pixels**2).sum(1) if square is None else square + (pixels**2).sum(1)
+                count += pixels.shape[1]
+            assert total is not None and square is not None
+            mean = total / count
+            var = (square - count * mean**2) / max(count - 1, 1)
+            self.stats = (mean.tolist(), var.clamp(min=0).sqrt().clamp(min=1e-6).tolist())
+        self.band_count = len(self.stats[0])
         self.dataset = dataset
         self._normalize = Normalize(*self.stats)
 
     @property
     def bands(self) -> list[str]:
         self.setup()
-        n = self.dataset[0]["image"].shape[0]
+        n = self.band_count
         return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
 
     @property

@@ -25,7 +25,8 @@ def test_quickstart_writes_map_polygons_styles_report(quickstart: Path) -> None:
     assert 'label="change"' in qml and 'color="#ff0000"' in qml
     assert 'attr="class_name"' in (maps / "change.qml").read_text()
     scores = json.loads((maps / "change_evaluation.json").read_text())
-    assert 0 <= scores["f1"] <= 1
+    assert scores["pixels"] > 0 and 0 <= scores["f1"] <= 1
+    assert scores["positive_fraction_reference"] > 0, "the demo plants changes"
     report = (quickstart / "report.md").read_text()
     assert "maps/change_quicklook.png" in report and "f1" in report
     assert (quickstart / "recipe.yaml").is_file() and (quickstart / "logs" / "run.log").is_file()

@@ -20,6 +20,7 @@ from geocmid.data.detection import DetectionDataModule
 from geocmid.errors import DataError, ModelError
 from geocmid.models.backbones import create_backbone
 from geocmid.models.weights import export_backbone
+from geocmid.tasks import load_for_prediction
 from geocmid.tasks.detection import (
     build_detection,
     load_detector_for_prediction,
@@ -221,6 +222,10 @@ def test_learns_rectangles_and_reloads_for_prediction(tmp_path: Path, one_thread
     with torch.no_grad():
         ref = task.model(batch["image"][:2])
     torch.testing.assert_close(out[0]["boxes"], ref[0]["boxes"])
+    # `geocmid predict` loads fine-tuned checkpoints of every task through one function
+    generic, generic_card = load_for_prediction(ckpt)
+    assert generic_card == card
+    torch.testing.assert_close(generic(batch["image"][:2])[0]["boxes"], ref[0]["boxes"])
     with pytest.raises(ModelError, match=r"expected \[B, 3, H, W\]"):
         module(torch.zeros(1, 4, 64, 64))
 

@@ -41,6 +41,12 @@ def check_outputs(out: Path, task: str, image: torch.Tensor, out_shape: tuple[in
     assert list(out.glob("events.out.tfevents*")), "TensorBoard events"
     model, card = load_for_prediction(out / "checkpoints" / "last.ckpt")
     assert card["task"] == task and card["in_chans"] == 3 and len(card["mean"]) == 3
+    # the prediction model carries the trained weights, not a fresh initialisation
+    trained = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    loaded = model.state_dict()
+    assert loaded
+    for name, tensor in loaded.items():
+        torch.testing.assert_close(tensor, trained[f"model.{name}"])
     with torch.no_grad():
         assert model(image).shape == out_shape
 
