@@ -41,6 +41,10 @@ def load_entry_file(path: Path) -> Entry:
     return entry
 
 
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 class Catalog:
     """A folder of catalog entries (``*.yaml`` / ``*.yml``), addressed by name.
 
@@ -83,7 +87,7 @@ class Catalog:
         if not isinstance(entry, kind):
             raise ConfigError(
                 referrer or entry.where,
-                f"entry '{name}' is a {entry.kind} entry, but a {kind.kind} entry is needed here",
+                f"entry '{name}' is {_a(entry.kind)} entry; {_a(kind.kind)} entry is needed here",
                 f"name a {kind.kind} entry; `geocmid catalog list` shows each entry's kind",
             )
         return entry
