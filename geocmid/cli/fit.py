@@ -37,11 +37,11 @@ TASK_NAMES = {
     "detection": "geocmid.tasks.detection.DetectionTask",
 }
 DATA_NAMES = {
-    "segmentation": "geocmid.tasks.datamodules.SegmentationDataModule",
-    "change": "geocmid.tasks.datamodules.SegmentationDataModule",
-    "chips": "geocmid.data.chips.FeatureChipDataModule",
-    "image_folder": "geocmid.tasks.datamodules.ImageFolderDataModule",
-    "detection": "geocmid.data.detection.DetectionDataModule",
+    "segmentation": "geocmid.datamodules.SegmentationDataModule",
+    "change": "geocmid.datamodules.SegmentationDataModule",
+    "chips": "geocmid.datamodules.FeatureChipDataModule",
+    "image_folder": "geocmid.datamodules.ImageFolderDataModule",
+    "detection": "geocmid.datamodules.DetectionDataModule",
 }
 #: Metric kept for the best checkpoint, per task (all "higher is better").
 MONITOR = {

@@ -102,7 +102,8 @@ class Plan:
 
 def prepare(cfg: dict[str, Any]) -> Plan:
     """Validate ``cfg`` against the data and build the datamodule and the task arguments."""
-    from geocmid.data.datamodules import PretrainDataModule, entry_normalizer
+    from geocmid.data.stats import entry_normalizer
+    from geocmid.datamodules import PretrainDataModule
     from geocmid.models.backbones import resolve_name
 
     data, model, optim = cfg["data"], cfg["model"], cfg["optim"]
@@ -304,5 +305,5 @@ def torchgeo_config(plan: Plan) -> dict[str, Any]:
             "use_distributed_sampler": False, "default_root_dir": cfg["run_dir"],
         },
         "model": {"class_path": "geocmid.cmid.task.CMIDTask", "init_args": plan.task_kwargs},
-        "data": {"class_path": "geocmid.data.datamodules.PretrainDataModule", "init_args": dm},
+        "data": {"class_path": "geocmid.datamodules.PretrainDataModule", "init_args": dm},
     }  # fmt: skip

@@ -3,7 +3,7 @@
 A :class:`torchgeo.tasks.BaseTask` subclass, so it runs from ``geocmid pretrain``, from Python and
 from TorchGeo's own ``torchgeo fit --config`` (``model.class_path: geocmid.cmid.task.CMIDTask``).
 It expects batches ``{"image": [B, C, S, S] normalised, "valid": [B, S, S] bool}`` such as
-:class:`geocmid.data.datamodules.PretrainDataModule` yields (it normalises on the device); the
+:class:`geocmid.datamodules.PretrainDataModule` yields (it normalises on the device); the
 two-view transform, block masks and mean-fill run batched on the accelerator at the start of
 ``training_step``.
 

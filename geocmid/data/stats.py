@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ from geocmid.data.rasters import open_raster, valid_pixels
 
 #: Pixels read per file at most; files are read decimated (overviews when present).
 PIXELS_PER_FILE = 1_000_000
+
+
+log = logging.getLogger(__name__)
 
 
 def _decimated_read(path: Path, nodata: float | None) -> np.ndarray:
@@ -129,3 +133,14 @@ class Normalize:
             image = image * batch["valid"].unsqueeze(-3).to(image.dtype)
         batch["image"] = torch.nan_to_num(image)
         return batch
+
+
+def entry_normalizer(entry: ImageryEntry) -> Normalize:
+    """Normalisation from the entry's stored statistics (computed now, with a warning, if none)."""
+    if not entry.stats:
+        log.warning(
+            "%s has no statistics; estimating them now. Store them once with "
+            "`geocmid catalog stats %s`.", entry.where, entry.name,
+        )  # fmt: skip
+        entry.stats = compute_stats(entry)
+    return Normalize(entry.stats["mean"], entry.stats["std"])

@@ -5,8 +5,8 @@ metrics and steps (batches ``{"image": [B, C, H, W], "label": [B]}``). We build 
 model for the chip size (Swin windows, ViT positions), copy the CMID backbone into it (verified
 equal), train the head at ``lr`` and the encoder at ``backbone_lr`` (or freeze it: linear probe),
 and add the reports and the model card of :class:`~geocmid.tasks.common.FinetuneMixin`.
-Data: :class:`~geocmid.data.chips.FeatureChipDataModule` (chips around labelled points or
-polygons) or :class:`~geocmid.tasks.datamodules.ImageFolderDataModule` (UC Merced style).
+Data: :class:`~geocmid.datamodules.FeatureChipDataModule` (chips around labelled points or
+polygons) or :class:`~geocmid.datamodules.ImageFolderDataModule` (UC Merced style).
 """
 
 from __future__ import annotations

@@ -315,12 +315,12 @@ def load_detector_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dic
 
 
 def build_detection_datamodule(config: dict[str, Any]) -> Any:
-    """A :class:`~geocmid.data.detection.DetectionDataModule` from the ``data`` config section.
+    """A :class:`~geocmid.datamodules.DetectionDataModule` from the ``data`` config section.
 
     ``config`` holds the datamodule's arguments (``labels``, ``entry``, ``catalog``,
     ``chip_size``, ...), either flat or under ``init_args`` (Lightning CLI layout).
     """
-    from geocmid.data.detection import DetectionDataModule
+    from geocmid.datamodules import DetectionDataModule
 
     args = dict(config.get("init_args", config))
     args.pop("class_path", None)

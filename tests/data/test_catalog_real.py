@@ -11,8 +11,8 @@ import torch
 from rasterio.crs import CRS
 
 from geocmid.data.catalog import Catalog
-from geocmid.data.datamodules import SupervisedGeoDataModule
 from geocmid.data.datasets import ClassLookup, dataset_from_entry
+from geocmid.datamodules import SupervisedGeoDataModule
 from tests.rasters import write_entry
 
 

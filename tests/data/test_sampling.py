@@ -12,9 +12,9 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from torchgeo.samplers import RandomPatchSampler
 
 from geocmid.data.catalog import Catalog
-from geocmid.data.datamodules import PretrainDataModule, SupervisedGeoDataModule
 from geocmid.data.datasets import dataset_from_entry
 from geocmid.data.sampling import NodataRejectingDataset, nodata_fraction, rank_seed
+from geocmid.datamodules import PretrainDataModule, SupervisedGeoDataModule
 from tests.rasters import smooth_field, write_entry, write_raster
 
 

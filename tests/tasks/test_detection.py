@@ -16,7 +16,7 @@ import rasterio
 import torch
 
 from geocmid.data.boxes import read_boxes
-from geocmid.data.detection import DetectionDataModule
+from geocmid.datamodules import DetectionDataModule
 from geocmid.errors import DataError, ModelError
 from geocmid.models.backbones import create_backbone
 from geocmid.models.weights import export_backbone

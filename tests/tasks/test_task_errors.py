@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from geocmid.cli import main
-from geocmid.data.chips import FeatureChipDataModule
+from geocmid.datamodules import FeatureChipDataModule, SegmentationDataModule
 from geocmid.errors import DataError
-from geocmid.tasks.datamodules import SegmentationDataModule
 from tests.rasters import write_entry, write_raster
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Lightning datamodules over catalog entries: pretraining chips, supervised splits, prediction.
+"""Imagery + labels with spatially disjoint train / val / test regions.
 
 Sampling is rank-aware by construction (each rank seeds its own sampler), so trainers must run
 with ``use_distributed_sampler=False``; Lightning would otherwise re-split each rank's chips.
@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from torch.utils.data import DataLoader
 from torchgeo.datasets import GeoDataset, IntersectionDataset
-from torchgeo.datasets.utils import stack_samples
-from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
+from torchgeo.samplers import RandomPatchSampler
 
 from geocmid.data.catalog import (
     BitemporalEntry,
@@ -38,101 +36,14 @@ from geocmid.data.sampling import (
     rank_seed,
     spatial_split_regions,
 )
-from geocmid.data.stats import Normalize, compute_stats
+from geocmid.data.stats import entry_normalizer
+from geocmid.datamodules.base import CatalogDataModule, loader
 from geocmid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def entry_normalizer(entry: ImageryEntry) -> Normalize:
-    """Normalisation from the entry's stored statistics (computed now, with a warning, if none)."""
-    if not entry.stats:
-        log.warning(
-            "%s has no statistics; estimating them now. Store them once with "
-            "`geocmid catalog stats %s`.", entry.where, entry.name,
-        )  # fmt: skip
-        entry.stats = compute_stats(entry)
-    return Normalize(entry.stats["mean"], entry.stats["std"])
-
-
-def _loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: Any) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=stack_samples,
-        persistent_workers=num_workers > 0,
-        **kw,
-    )
-
-
-class PretrainDataModule(L.LightningDataModule):
-    """Unlabelled chips from one imagery entry for self-supervised pretraining.
-
-    Loader batches hold raw pixel values; the Trainer normalises them on the device through
-    :meth:`on_after_batch_transfer` (call it yourself when iterating the loader by hand).
-
-    Args:
-        entry: imagery entry name (or YAML path) in ``catalog``.
-        catalog: catalog folder.
-        chip_size: chip edge in pixels.
-        batch_size: chips per batch on each rank.
-        chips_per_epoch: chips per epoch over all ranks together.
-        num_workers: data-loading processes per rank.
-        max_nodata: chips with a larger nodata fraction (0-1) are replaced by new draws.
-        seed: sampling seed (each rank derives its own from it).
-    """
-
-    def __init__(
-        self,
-        entry: str,
-        catalog: str | Path | None = None,
-        chip_size: int = 224,
-        batch_size: int = 16,
-        chips_per_epoch: int = 1024,
-        num_workers: int = 0,
-        max_nodata: float = 0.5,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.catalog = Catalog(catalog)
-        self.entry = self.catalog.get_kind(entry, ImageryEntry)
-        self.dataset: GeoDataset | None = None
-        self.normalize: Normalize | None = None
-
-    @property
-    def bands(self) -> list[str]:
-        return list(self.entry.bands)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
-            self.normalize = entry_normalizer(self.entry)
-            # Chips travel from the workers in their file type and become float on the device.
-            self.dataset = imagery_dataset(self.entry, native_dtype=True)
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Normalise each batch on its device (per-band statistics of the entry; nodata → 0)."""
-        self.setup()
-        assert self.normalize is not None
-        return self.normalize.batch(batch)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        hp = self.hparams
-        _, world = rank_and_world_size()
-        sampler = RandomPatchSampler(
-            self.dataset,
-            size=hp.chip_size,
-            length=max(hp.batch_size, hp.chips_per_epoch // world),
-            generator=rank_seed(hp.seed),
-        )
-        chips = NodataRejectingDataset(self.dataset, hp.chip_size, hp.max_nodata, hp.seed)
-        return _loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
-
-
-class SupervisedGeoDataModule(L.LightningDataModule):
+class SupervisedGeoDataModule(CatalogDataModule):
     """Imagery + labels with spatially disjoint train / val / test regions.
 
     ``labels`` is a raster_labels or vector_labels entry (masks), or omitted when ``entry`` is a
@@ -169,7 +80,7 @@ class SupervisedGeoDataModule(L.LightningDataModule):
         max_nodata: float = 0.5,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.catalog = Catalog(catalog)
         self.dataset: GeoDataset | None = None
@@ -262,19 +173,19 @@ class SupervisedGeoDataModule(L.LightningDataModule):
             chips = NodataRejectingDataset(
                 self.dataset, hp.chip_size, hp.max_nodata, hp.seed, region=self.regions[0]
             )
-        return _loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
+        return loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
 
-    def _eval_loader(self, split: int) -> DataLoader:
+    def _evalloader(self, split: int) -> DataLoader:
         self.setup()
         hp = self.hparams
         queries = list(self._sampler(split, hp.eval_chips, hp.seed + split))
-        return _loader(self.dataset, FixedSampler(queries), hp.batch_size, hp.num_workers)
+        return loader(self.dataset, FixedSampler(queries), hp.batch_size, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(1)
+        return self._evalloader(1)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(2)
+        return self._evalloader(2)
 
 
 def ignore_value_of(
@@ -291,10 +202,3 @@ def ignore_value_of(
         return entry.ignore_value
     ignore = getattr(labels, "ignore_value", None)  # class-mask labels
     return ignore if ignore is not None else getattr(labels, "nodata_value", None)
-
-
-def prediction_sampler(dataset: GeoDataset, size: int, overlap: int) -> GriddedPatchSampler:
-    """Overlapping windows over the whole dataset (stride = size - overlap pixels)."""
-    if not 0 <= overlap < size:
-        raise ConfigError("overlap", f"must be in [0, {size}), got {overlap}")
-    return GriddedPatchSampler(dataset, size=size, stride=size - overlap)

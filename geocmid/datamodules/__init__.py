@@ -1,0 +1,23 @@
+"""Lightning datamodules over catalog entries (TorchGeo's layout: one package, one module each).
+
+Every datamodule subclasses :class:`torchgeo.datamodules.BaseDataModule` (through
+:class:`~geocmid.datamodules.base.CatalogDataModule`), so ``torchgeo fit`` configs accept them.
+"""
+
+from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.chips import FeatureChipDataModule
+from geocmid.datamodules.detection import DetectionDataModule
+from geocmid.datamodules.folder import ImageFolderDataModule
+from geocmid.datamodules.geo import SupervisedGeoDataModule
+from geocmid.datamodules.pretrain import PretrainDataModule
+from geocmid.datamodules.segmentation import SegmentationDataModule
+
+__all__ = [
+    "CatalogDataModule",
+    "DetectionDataModule",
+    "FeatureChipDataModule",
+    "ImageFolderDataModule",
+    "PretrainDataModule",
+    "SegmentationDataModule",
+    "SupervisedGeoDataModule",
+]

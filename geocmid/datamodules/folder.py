@@ -1,0 +1,163 @@
+"""Scene classification from a folder-per-class tree (an ``image_folder`` catalog entry)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from geocmid.data.catalog import (
+    Catalog,
+    ClassInfo,
+    ImageFolderEntry,
+)
+from geocmid.data.catalog.schema import DEFAULT_COLORS
+from geocmid.data.chips import random_flips
+from geocmid.data.datasets import image_folder_dataset
+from geocmid.data.stats import Normalize
+from geocmid.datamodules.base import CatalogDataModule
+
+log = logging.getLogger(__name__)
+
+
+class ImageFolderDataModule(CatalogDataModule):
+    """Scene classification from a folder-per-class tree (an ``image_folder`` catalog entry).
+
+    The split is stratified by class and seeded; statistics default to per-band mean / std over
+    the training images (or pass ``mean``/``std``, e.g. the encoder's card). Images of another
+    size than ``chip_size`` are resized (bilinear).
+
+    Args:
+        entry: image_folder entry; catalog: catalog folder.
+        chip_size: image edge fed to the model, in pixels.
+        batch_size, split, num_workers, seed: as for the other datamodules.
+        mean, std: normalisation statistics (raw units).
+        augment: random flips / 90° rotations of training images.
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        catalog: str | Path | None = None,
+        chip_size: int = 64,
+        batch_size: int = 16,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        num_workers: int = 0,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: bool = True,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()
+        self._log_hyperparams = False
+        self.catalog = Catalog(catalog)
+        self.dataset: Any = None
+        self.splits: list[list[int]] = []
+        self.stats: tuple[list[float], list[float]] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        hp = self.hparams
+        entry = self.catalog.get_kind(hp.entry, ImageFolderEntry)
+        dataset = image_folder_dataset(entry)
+        labels = np.array([label for _, label in dataset.samples])
+        rng = np.random.default_rng(hp.seed)
+        self.splits = [[], [], []]
+        for k in range(len(dataset.classes)):
+            ids = rng.permutation(np.flatnonzero(labels == k)).tolist()
+            n_val = max(1, round(hp.split[1] * len(ids))) if len(ids) >= 3 else 0
+            n_test = max(1, round(hp.split[2] * len(ids))) if len(ids) >= 3 else 0
+            self.splits[1] += ids[:n_val]
+            self.splits[2] += ids[n_val : n_val + n_test]
+            self.splits[0] += ids[n_val + n_test :]
+        if hp.mean is not None and hp.std is not None:
+            self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
+        else:
+            # Running sums, one image at a time: a UC Merced-sized folder never sits in memory.
+            total = square = None
+            count = 0
+            for i in self.splits[0]:
+                pixels = dataset[i]["image"].flatten(1).double()
+                total = pixels.sum(1) if total is None else total + pixels.sum(1)
+                square = (pixels**2).sum(1) if square is None else square + (pixels**2).sum(1)
+                count += pixels.shape[1]
+            assert total is not None and square is not None
+            mean = total / count
+            var = (square - count * mean**2) / max(count - 1, 1)
+            self.stats = (mean.tolist(), var.clamp(min=0).sqrt().clamp(min=1e-6).tolist())
+        self.band_count = len(self.stats[0])
+        self.dataset = dataset
+        self._normalize = Normalize(*self.stats)
+
+    @property
+    def bands(self) -> list[str]:
+        self.setup()
+        n = self.band_count
+        return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
+
+    @property
+    def classes(self) -> list[ClassInfo]:
+        self.setup()
+        return [
+            ClassInfo(i, name, DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
+            for i, name in enumerate(self.dataset.classes)
+        ]
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        self.setup()
+        assert self.stats is not None
+        return self.stats
+
+    def _transform(self, train: bool) -> Any:
+        size = self.hparams.chip_size
+        augment = train and self.hparams.augment
+
+        def transform(sample: dict[str, Any]) -> dict[str, Any]:
+            sample = self._normalize(sample)
+            image = sample["image"]
+            if image.shape[-2:] != (size, size):
+                image = F.interpolate(image[None], (size, size), mode="bilinear")[0]
+            sample["image"] = image
+            return random_flips(sample) if augment else sample
+
+        return transform
+
+    def _loader(self, split: int) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        train = split == 0
+        dataset = _Transformed(Subset(self.dataset, self.splits[split]), self._transform(train))
+        return DataLoader(
+            dataset, batch_size=hp.batch_size, shuffle=train, num_workers=hp.num_workers,
+            drop_last=train and len(dataset) > hp.batch_size,
+            generator=torch.Generator().manual_seed(hp.seed) if train else None,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(2)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.transform(dict(self.dataset[i]))

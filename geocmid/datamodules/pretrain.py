@@ -1,0 +1,93 @@
+"""Unlabelled chips from an imagery entry for CMID pretraining."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+from torchgeo.datasets import GeoDataset
+from torchgeo.samplers import RandomPatchSampler
+
+from geocmid.data.catalog import (
+    Catalog,
+    ImageryEntry,
+)
+from geocmid.data.datasets import (
+    imagery_dataset,
+)
+from geocmid.data.sampling import (
+    NodataRejectingDataset,
+    rank_and_world_size,
+    rank_seed,
+)
+from geocmid.data.stats import Normalize, entry_normalizer
+from geocmid.datamodules.base import CatalogDataModule, loader
+
+log = logging.getLogger(__name__)
+
+
+class PretrainDataModule(CatalogDataModule):
+    """Unlabelled chips from one imagery entry for self-supervised pretraining.
+
+    Loader batches hold raw pixel values; the Trainer normalises them on the device through
+    :meth:`on_after_batch_transfer` (call it yourself when iterating the loader by hand).
+
+    Args:
+        entry: imagery entry name (or YAML path) in ``catalog``.
+        catalog: catalog folder.
+        chip_size: chip edge in pixels.
+        batch_size: chips per batch on each rank.
+        chips_per_epoch: chips per epoch over all ranks together.
+        num_workers: data-loading processes per rank.
+        max_nodata: chips with a larger nodata fraction (0-1) are replaced by new draws.
+        seed: sampling seed (each rank derives its own from it).
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        catalog: str | Path | None = None,
+        chip_size: int = 224,
+        batch_size: int = 16,
+        chips_per_epoch: int = 1024,
+        num_workers: int = 0,
+        max_nodata: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.save_hyperparameters()
+        self.catalog = Catalog(catalog)
+        self.entry = self.catalog.get_kind(entry, ImageryEntry)
+        self.dataset: GeoDataset | None = None
+        self.normalize: Normalize | None = None
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.entry.bands)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.normalize = entry_normalizer(self.entry)
+            # Chips travel from the workers in their file type and become float on the device.
+            self.dataset = imagery_dataset(self.entry, native_dtype=True)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Normalise each batch on its device (per-band statistics of the entry; nodata → 0)."""
+        self.setup()
+        assert self.normalize is not None
+        return self.normalize.batch(batch)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        _, world = rank_and_world_size()
+        sampler = RandomPatchSampler(
+            self.dataset,
+            size=hp.chip_size,
+            length=max(hp.batch_size, hp.chips_per_epoch // world),
+            generator=rank_seed(hp.seed),
+        )
+        chips = NodataRejectingDataset(self.dataset, hp.chip_size, hp.max_nodata, hp.seed)
+        return loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
