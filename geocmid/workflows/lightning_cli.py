@@ -1,0 +1,150 @@
+""":class:`GeocmidCLI`: the Lightning CLI every geocmid training command runs through.
+
+Import it from :mod:`geocmid.workflows.config` (``from geocmid.workflows.config import
+GeocmidCLI``); it lives in its own module so that reading configs does not import Lightning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+#: Trainer defaults of every geocmid run (a config may change all but the sampler).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "log_every_n_steps": 10,
+    # geocmid's samplers shard by rank themselves; Lightning must not wrap them
+    "use_distributed_sampler": False,
+}
+
+
+def monitor_of(model: LightningModule) -> str | None:
+    """The metric that selects the best checkpoint of ``model``: the task registry's monitor
+    for a registered task (by its ``card_task``), else None (keep the last checkpoint only)."""
+    from geocmid.tasks.registry import TASKS
+
+    record = TASKS.get(getattr(model, "card_task", "") or "")
+    return record.monitor if record else None
+
+
+def best_checkpoint(root: str | Path, monitor: str | None) -> ModelCheckpoint:
+    """``checkpoints/best.ckpt`` by ``monitor`` (higher is better unless it is a loss) plus
+    ``checkpoints/last.ckpt``; without a monitor, ``last.ckpt`` only.
+
+    The names are stable: users and recipes point ``geocmid predict`` at ``checkpoints/best.ckpt``.
+    """
+    mode = "min" if (monitor or "").endswith("loss") else "max"
+    return ModelCheckpoint(
+        dirpath=Path(root) / "checkpoints", monitor=monitor, mode=mode,
+        save_top_k=1 if monitor else 0, save_last=True, filename="best",
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )  # fmt: skip
+
+
+class GeocmidCLI(LightningCLI):
+    """geocmid's :class:`~lightning.pytorch.cli.LightningCLI`.
+
+    Differences from a plain ``LightningCLI`` (a config that runs here also runs there):
+
+    * ``model`` and ``data`` in subclass mode (``class_path`` / ``init_args``);
+    * no automatic ``optimizer`` / ``lr_scheduler`` keys: geocmid tasks build their own
+      parameter groups (``model.init_args.lr`` / ``backbone_lr`` / ``scheduler``);
+    * trainer defaults :data:`TRAINER_DEFAULTS` (``use_distributed_sampler=False``);
+    * when ``trainer.logger`` is unset or ``true``: a CSV logger (``metrics.csv``) and a
+      TensorBoard logger writing straight into ``trainer.default_root_dir``;
+    * when ``trainer.callbacks`` has no ``ModelCheckpoint``: one keeping
+      ``checkpoints/best.ckpt`` by the task registry's monitor plus ``checkpoints/last.ckpt``;
+    * a :class:`geocmid.tasks.reports.ReportCallback` (confusion matrices, sample panels) for
+      fine-tuning tasks, unless the config lists one;
+    * the config is not saved by a callback (``save_config_callback=None``): the workflow writes
+      the resolved ``config.yaml`` into the run folder itself.
+
+    Args:
+        model_class, datamodule_class: base classes (subclass mode).
+        args: the config, as a dict (``{"model": ..., "data": ..., "trainer": ...}``) or a list
+            of command-line arguments; None reads ``sys.argv``.
+        run: run a subcommand (``fit`` / ``validate`` / ...) taken from ``args``; the workflows
+            use ``run=False`` and call the trainer themselves.
+        default_callbacks: add the checkpoint and report callbacks described above.
+        monitor: metric of the best checkpoint; ``"auto"``: the registry's for the model.
+        kwargs: passed to :class:`LightningCLI` (``trainer_defaults`` are merged with ours).
+    """
+
+    def __init__(
+        self,
+        model_class: type[LightningModule] | None = None,
+        datamodule_class: type[LightningDataModule] | None = None,
+        *,
+        args: Any = None,
+        run: bool = False,
+        default_callbacks: bool = True,
+        monitor: str | None = "auto",
+        trainer_defaults: dict[str, Any] | None = None,
+        save_config_callback: type[SaveConfigCallback] | None = None,
+        seed_everything_default: bool | int = True,
+        parser_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.default_callbacks = default_callbacks
+        self.monitor = monitor
+        parser_kwargs = {"exit_on_error": False, **(parser_kwargs or {})}
+        if run:  # subcommand parsers take the same options
+            flag = {"exit_on_error": parser_kwargs["exit_on_error"]}
+            parser_kwargs = {
+                **{k: v for k, v in parser_kwargs.items() if k != "exit_on_error"},
+                **{s: dict(flag) for s in self.subcommands()},
+            }
+        super().__init__(
+            model_class=model_class or LightningModule,
+            datamodule_class=datamodule_class or LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_callback=save_config_callback,
+            trainer_defaults={**TRAINER_DEFAULTS, **(trainer_defaults or {})},
+            seed_everything_default=seed_everything_default,
+            parser_kwargs=parser_kwargs,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    # --------------------------------------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with geocmid's loggers and default callbacks filled in."""
+        config = dict(self._get(self.config_init, "trainer", default={}) or {})
+        root = Path(config.get("default_root_dir") or Path.cwd())
+        if "logger" not in kwargs and config.get("logger") in (None, True):
+            # metrics.csv and the TensorBoard events straight in the run folder
+            kwargs["logger"] = [
+                CSVLogger(root, name="", version=""),
+                TensorBoardLogger(root, name="", version=""),
+            ]
+        if self.default_callbacks and "callbacks" not in kwargs:
+            callbacks = config.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            callbacks += self.extra_callbacks(callbacks, root)
+            kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    def extra_callbacks(self, present: list[Callback], root: Path) -> list[Callback]:
+        """Callbacks added to those of the config: a best/last checkpoint unless one is
+        configured, and the fine-tuning reports for tasks that have them."""
+        extra: list[Callback] = []
+        if not any(isinstance(c, ModelCheckpoint) for c in present):
+            monitor = monitor_of(self.model) if self.monitor == "auto" else self.monitor
+            extra.append(best_checkpoint(root, monitor))
+        from geocmid.tasks.reports import ReportCallback
+
+        wants_reports = callable(getattr(self.model, "report_state", None))
+        if wants_reports and not any(isinstance(c, ReportCallback) for c in present):
+            extra.append(ReportCallback())
+        return extra
+
+
+__all__ = ["TRAINER_DEFAULTS", "GeocmidCLI", "best_checkpoint", "monitor_of"]
