@@ -1,9 +1,12 @@
 """``geocmid export``: the student backbone of a CMID checkpoint as safetensors + a model card.
 
-The card (JSON next to the weights, also embedded in the safetensors header) records the
-architecture, band count and names, normalisation mean/std (raw units), chip size, GSD, the
-pretraining data and epochs, and the geocmid version. Files are written under temporary names
-and renamed, so an interrupted export leaves nothing under the final names.
+The weights file holds the plain timm state dict of the backbone (the keys of
+``timm.create_model(arch, num_classes=0)``), so timm, TorchGeo and smp load it as is. The card
+(:class:`geocmid.models.card.ModelCard`, format ``geocmid-card/2``; JSON next to the weights, also
+embedded in the safetensors header) records the architecture, band count and names,
+normalisation mean/std (raw units), chip size, GSD, the pretraining data and epochs, and the
+geocmid version. Files are written under temporary names and renamed, so an interrupted export
+leaves nothing under the final names.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ examples:
       → exports/resnet50-naip.safetensors + exports/resnet50-naip.json
   geocmid export last.ckpt backbone.safetensors --backbone resnet50 --overwrite
 
-Loading the weights elsewhere (keys are timm's, under a 'model.' prefix):
+Loading the weights elsewhere (keys are timm's; N bands, chip S px, both in the card):
   from geocmid.models.weights import load_backbone
   backbone, card = load_backbone("exports/resnet50-naip.safetensors")
+  timm.create_model("resnet50", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+      file="exports/resnet50-naip.safetensors", num_classes=0, input_size=(N, S, S)))
 """
 
 #: Prefix of the student backbone's weights in a CMIDTask state dict.
@@ -73,6 +78,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def student_backbone(ckpt: dict[str, Any], where: str, expect: str | None = None) -> Any:
     """Rebuild the student :class:`~geocmid.models.backbones.Backbone` of a CMID checkpoint."""
     from geocmid.models.backbones import create_backbone, resolve_name
+    from geocmid.models.loading import load_state_dict_strict
 
     hp = ckpt.get("hyper_parameters") or {}
     state = ckpt["state_dict"]
@@ -94,33 +100,32 @@ def student_backbone(ckpt: dict[str, Any], where: str, expect: str | None = None
             f"drop --backbone or pass --backbone {name}",
         )
     backbone = create_backbone(name, int(hp["in_chans"]), img_size=int(hp["chip_size"]))
-    result = backbone.load_state_dict(weights, strict=False)
-    mismatched = [
-        k for k, v in weights.items()
-        if k in backbone.state_dict() and backbone.state_dict()[k].shape != v.shape
-    ]  # fmt: skip
-    if result.missing_keys or result.unexpected_keys or mismatched:
-        raise ModelError(
-            where,
-            f"its weights do not fit a {name} with {hp['in_chans']} bands (another architecture?):"
-            f" missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}, "
-            f"wrong shape {mismatched[:3]}",
-            "export with the geocmid version that wrote the checkpoint, or check the file",
-        )
+    # the student's keys are Backbone keys ('model.' + timm key): load the timm model strictly
+    timm_state = {k.removeprefix("model."): v for k, v in weights.items()}
+    load_state_dict_strict(
+        backbone.model,
+        timm_state,
+        f"{where}: student backbone ({name}, {hp['in_chans']} bands)",
+        "export with the geocmid version that wrote the checkpoint, or check the file",
+    )
     return backbone
 
 
 def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """Card fields from the checkpoint's hyperparameters (export_backbone adds architecture)."""
+    """Card fields (``geocmid-card/2`` keys) from the checkpoint's hyperparameters.
+
+    :func:`geocmid.models.weights.export_backbone` adds what the backbone itself says
+    (architecture, family, band count, chip size, output geometry, geocmid version).
+    """
     hp = ckpt["hyper_parameters"]
     progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
     epochs = int(progress.get("current", {}).get("completed", ckpt.get("epoch", 0)))
     card: dict[str, Any] = {
-        "backbone": hp["backbone"],
+        "task": "backbone",
         "bands": list(hp["bands"]) if hp.get("bands") else None,
         "rgb_bands": list(hp["rgb_bands"]) if hp.get("rgb_bands") else None,
         "gsd": hp.get("gsd"),
-        "weights": "student backbone (timm layout, keys prefixed 'model.')",
+        "init_weights": str(hp["pretrained"]) if hp.get("pretrained") else None,
         "pretraining": {
             "method": "CMID",
             "data": hp.get("data"),
@@ -132,9 +137,8 @@ def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
         },
     }
     if hp.get("mean") is not None and hp.get("std") is not None:
-        mean, std = [float(v) for v in hp["mean"]], [float(v) for v in hp["std"]]
-        # top-level mean/std: what geocmid.inference.card.ModelCard reads
-        card |= {"mean": mean, "std": std, "normalisation": {"mean": mean, "std": std}}
+        card["mean"] = [float(v) for v in hp["mean"]]
+        card["std"] = [float(v) for v in hp["std"]]
     return {k: v for k, v in card.items() if v is not None}
 
 

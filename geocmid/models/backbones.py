@@ -9,7 +9,9 @@ Every backbone is split in two halves so the CMID student can add its mask token
   ``[B, out_channels, H / stride, W / stride]``.
 
 ``forward(x) == forward_tokens(embed(x))``. No weights are ever downloaded (``pretrained=False``);
-weights come from files through :mod:`geocmid.models.weights`.
+weights come from files through :mod:`geocmid.models.loading` (re-exported by
+:mod:`geocmid.models.weights`, which also writes exports). This module imports neither
+``weights`` nor ``masked``: the models package has no import circle.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import timm
 from torch import Tensor, nn
 
 from geocmid.errors import ConfigError, did_you_mean
+from geocmid.models.loading import load_weights
 
 #: Short names accepted by :func:`create_backbone`, mapped to timm architecture names.
 ALIASES: dict[str, str] = {
@@ -74,7 +77,9 @@ class Backbone(nn.Module):
         out_channels: channels of the final feature map.
         stride: pixels per final-map cell (32 ResNet/Swin, 16 ViT).
         token_stride: pixels per token of :meth:`embed` (4 ResNet/Swin, 16 ViT).
-        model: the wrapped timm model; its ``state_dict`` keys are timm's, prefixed ``model.``.
+        model: the wrapped timm model (built with ``num_classes=0``); exports hold its
+            ``state_dict``, so their keys are exactly timm's. The wrapper's own ``state_dict``
+            prefixes them with ``model.``.
     """
 
     family: str = ""
@@ -179,7 +184,7 @@ def create_backbone(
             or the matching timm name.
         in_chans: number of input bands (any ≥ 1).
         pretrained_path: optional weight file (CMID release ``.pth``, timm/extracted state dict,
-            or a geocmid ``.safetensors`` export), see :func:`geocmid.models.weights.load_weights`.
+            or a geocmid ``.safetensors`` export), see :func:`geocmid.models.loading.load_weights`.
         img_size: chip size in pixels. Swin builds its attention windows for it (other sizes that
             are multiples of 32 still run); ViT sizes its position embedding for it.
         **kw: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, default 0).
@@ -211,7 +216,5 @@ def create_backbone(
             timm_name, model, in_chans, img_size, model.embed_dim, model.num_features, 16, 16
         )
     if pretrained_path is not None:
-        from geocmid.models.weights import load_weights  # late import: weights imports us
-
-        load_weights(backbone, pretrained_path)
+        load_weights(backbone, pretrained_path)  # strict: ModelError naming any key that misfits
     return backbone

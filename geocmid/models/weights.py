@@ -1,18 +1,21 @@
-"""Weight import (authors' CMID releases, timm state dicts); safetensors export with a model card.
+"""Weight files of geocmid backbones: import (any layout) and safetensors export with a card.
 
-Accepted inputs for :func:`load_weights`:
+* :func:`load_weights` (from :mod:`geocmid.models.loading`, re-exported with the other readers
+  and converters) loads the authors' CMID releases, timm / mmcls / torchvision state dicts,
+  geocmid Lightning checkpoints and exports into a :class:`~geocmid.models.backbones.Backbone`,
+  strictly by default.
+* :func:`export_backbone` writes ``NAME.safetensors`` holding ``Backbone.model.state_dict()``
+  (exactly the keys of ``timm.create_model(arch, num_classes=0)``) and the model card
+  (:class:`~geocmid.models.card.ModelCard`, format ``geocmid-card/2``) both as ``NAME.json`` and
+  in the safetensors header.
+* :func:`load_backbone` rebuilds the backbone from an export, strictly; exports written before
+  ``geocmid-card/2`` (keys prefixed ``model.``) still load.
 
-* the authors' full pretraining checkpoint (``{"model": {...}}``, backbone keys prefixed
-  ``online_encoder.model.``) or an extracted backbone (``extract.py`` output, bare keys);
-* ResNet keys in timm layout (also mmseg/torchvision ``conv1 / bn1 / layer1..4``);
-* Swin keys in mmcls layout (``patch_embed.projection``, ``stages.i.blocks.j.attn.w_msa.*``,
-  ``stages.i.downsample.*``, ``norm3``), converted to timm's layout: mmcls downsamples at the *end*
-  of stage i, timm at the *start* of stage i+1, and mmcls' ``nn.Unfold`` patch merging orders the
-  4·C merged channels differently from timm's;
-* timm Swin / ViT state dicts, geocmid Lightning checkpoints and geocmid ``.safetensors`` exports.
+The same file loads elsewhere with no geocmid installed (``N`` bands, chip ``S`` px)::
 
-Every load returns a :class:`LoadReport` (missing / unexpected / shape-mismatched / ignored /
-adapted keys) and logs it in one line. ``torch.load`` always runs with ``weights_only=True``.
+    timm.create_model("resnet50", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+        file="NAME.safetensors", num_classes=0, input_size=(N, S, S)))   # strict
+    # or: timm.create_model(**ModelCard.from_file("NAME.json").timm_kwargs("NAME.safetensors"))
 """
 
 from __future__ import annotations
@@ -20,344 +23,92 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
-from timm.models import adapt_input_conv
-from torch import Tensor, nn
+from torch import nn
 
-from geocmid.errors import ModelError
-from geocmid.models.backbones import Backbone, create_backbone
-from geocmid.models.masked import MaskedBackbone
+from geocmid import __version__
+from geocmid.errors import ConfigError, ModelError
+from geocmid.models.backbones import Backbone, create_backbone, resolve_name
+from geocmid.models.card import CARD_FORMAT, ModelCard
+from geocmid.models.loading import (
+    LoadReport,
+    few_keys,
+    guess_architecture,
+    load_state_dict_strict,
+    load_weights,
+    mmcls_swin_to_timm,
+    read_state_dict,
+    strip_prefixes,
+)
 
 log = logging.getLogger(__name__)
 
-#: Model-card format tag written into every export.
-CARD_FORMAT = "geocmid-backbone/1"
+#: safetensors header key holding the model card (JSON text).
+CARD_METADATA_KEY = "geocmid_card"
 
-# Key markers in front of the backbone weights, most specific first.
-_MARKERS = ("online_encoder.model.", "student.backbone.model.")
-# Keys that are never backbone weights: derivable buffers and classifier heads.
-_IGNORE = re.compile(
-    r"(^|\.)(relative_position_index|attn_mask)$|^(fc|head|norm[012])\.|^mask_token$"
-)
-
-_RESNETS = {
-    ((2, 2, 2, 2), False): "resnet18",
-    ((3, 4, 6, 3), False): "resnet34",
-    ((3, 4, 6, 3), True): "resnet50",
-    ((3, 4, 23, 3), True): "resnet101",
-    ((3, 8, 36, 3), True): "resnet152",
-}
-_SWINS = {
-    (96, (2, 2, 6, 2)): "swin_tiny_patch4_window7_224",
-    (96, (2, 2, 18, 2)): "swin_small_patch4_window7_224",
-    (128, (2, 2, 18, 2)): "swin_base_patch4_window7_224",
-    (192, (2, 2, 18, 2)): "swin_large_patch4_window7_224",
-}
-_VITS = {(384, 12): "vit_small_patch16_224", (768, 12): "vit_base_patch16_224"}
+__all__ = [
+    "CARD_FORMAT",
+    "CARD_METADATA_KEY",
+    "LoadReport",
+    "export_backbone",
+    "few_keys",
+    "guess_architecture",
+    "load_backbone",
+    "load_state_dict_strict",
+    "load_weights",
+    "mmcls_swin_to_timm",
+    "read_export_card",
+    "read_state_dict",
+    "strip_prefixes",
+]
 
 
-@dataclass
-class LoadReport:
-    """What happened to each key of a weight file.
-
-    Attributes:
-        source: the file.
-        architecture: architecture recognised in the file (timm name, or ``"<family>?"``).
-        loaded: keys loaded into the backbone.
-        missing: backbone keys the file lacks (left at their initial values).
-        unexpected: file keys the backbone has no place for.
-        mismatched: ``(key, file shape, backbone shape)`` left unloaded.
-        ignored: file keys skipped on purpose (derivable buffers, heads, CMID mask token).
-        adapted: keys loaded after a resize (band count, position tables).
-    """
-
-    source: str
-    architecture: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    adapted: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every backbone key was loaded and no file key was left over."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def summary(self) -> str:
-        """One log line; lists up to 5 keys per problem class."""
-
-        def few(items: list[Any]) -> str:
-            shown = ", ".join(str(i) for i in items[:5])
-            return shown + (f", … (+{len(items) - 5})" if len(items) > 5 else "")
-
-        text = (
-            f"weights {self.source} ({self.architecture}): {len(self.loaded)} loaded, "
-            f"{len(self.adapted)} adapted, {len(self.ignored)} ignored"
-        )
-        for name in ("missing", "unexpected", "mismatched"):
-            items = getattr(self, name)
-            if items:
-                text += f"; {len(items)} {name}: {few(items)}"
-        return text
-
-
-# ------------------------------------------------------------------------------------------------
-# reading and recognising state dicts
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` / ``.pth`` / ``.ckpt`` file into a flat ``{key: tensor}``.
-
-    Unwraps ``{"model": ...}`` (CMID release) and ``{"state_dict": ...}`` (Lightning). Uses
-    ``torch.load(weights_only=True)``: pickled code is never executed.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"weights file '{p}'", "does not exist", "check the path")
-    if p.suffix == ".safetensors":
-        return load_file(str(p))
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure is a user-file problem
-        raise ModelError(
-            f"weights file '{p}'",
-            f"cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})",
-            "pass a .pth/.ckpt saved with torch.save or a .safetensors file",
-        ) from exc
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ModelError(f"weights file '{p}'", "holds no state dict of tensors")
-    return obj
-
-
-def strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Reduce a checkpoint to bare backbone keys (timm or mmcls names).
-
-    Keeps only keys after ``online_encoder.model.`` (CMID) or ``student.backbone.model.``
-    (geocmid training checkpoints) when present, then drops a ``module.`` / ``backbone.`` /
-    ``model.`` prefix shared by all keys (DDP, mmseg, geocmid export).
-    """
-    for marker in _MARKERS:
-        picked = {k.split(marker, 1)[1]: v for k, v in sd.items() if marker in k}
-        if picked:
-            sd = picked
-            break
-    for prefix in ("module.", "backbone.", "model."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
-
-
-def _counts(sd: dict[str, Tensor], pattern: str, groups: int) -> tuple[int, ...]:
-    """Distinct block indices per stage, e.g. ``layer(\\d)\\.(\\d+)\\.`` → (3, 4, 6, 3)."""
-    seen: dict[int, set[int]] = {}
-    for k in sd:
-        m = re.match(pattern, k)
-        if m:
-            seen.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    return tuple(len(seen.get(i, ())) for i in range(groups))
-
-
-def guess_architecture(sd: dict[str, Tensor]) -> tuple[str, str | None, str]:
-    """Recognise a bare state dict → ``(family, timm name or None, layout)``.
-
-    ``family`` is ``"resnet"``, ``"swin"``, ``"vit"`` or ``"unknown"``; ``layout`` is ``"timm"``
-    or ``"mmcls"`` (Swin only).
-    """
-    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
-        counts = _counts(sd, r"layer(\d)\.(\d+)\.", 5)[1:]
-        return "resnet", _RESNETS.get((counts, "layer1.0.conv3.weight" in sd)), "timm"
-    if "patch_embed.projection.weight" in sd:
-        dim = sd["patch_embed.projection.weight"].shape[0]
-        depths = _counts(sd, r"stages\.(\d)\.blocks\.(\d+)\.", 4)
-        return "swin", _SWINS.get((dim, depths)), "mmcls"
-    if "layers.0.blocks.0.attn.qkv.weight" in sd and "patch_embed.proj.weight" in sd:
-        dim = sd["patch_embed.proj.weight"].shape[0]
-        depths = _counts(sd, r"layers\.(\d)\.blocks\.(\d+)\.", 4)
-        return "swin", _SWINS.get((dim, depths)), "timm"
-    if "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd:
-        dim = sd["pos_embed"].shape[-1]
-        depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
-        return "vit", _VITS.get((dim, depth)), "timm"
-    return "unknown", None, "unknown"
-
-
-# ------------------------------------------------------------------------------------------------
-# mmcls Swin → timm Swin
-def _merge_reorder(t: Tensor) -> Tensor:
-    """Reorder mmcls (``nn.Unfold``) patch-merging channels to timm's order.
-
-    mmcls index ``c·4 + kh·2 + kw``; timm index ``kw·2C + kh·C + c`` (kh/kw: row/column offset in
-    the 2×2 neighbourhood). Works on ``[out, 4C]`` weights and ``[4C]`` norm parameters.
-    """
-    if t.ndim == 2:
-        out, four_c = t.shape
-        return t.reshape(out, four_c // 4, 2, 2).permute(0, 3, 2, 1).reshape(out, four_c)
-    return t.reshape(-1, 2, 2).permute(2, 1, 0).reshape(-1)
-
-
-def mmcls_swin_to_timm(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename mmcls Swin keys to timm ≥ 0.9 names → ``(converted, ignored keys)``."""
-    out: dict[str, Tensor] = {}
-    ignored: list[str] = []
-    for key, value in sd.items():
-        if _IGNORE.search(key):
-            ignored.append(key)
-            continue
-        new = key
-        m = re.match(r"stages\.(\d+)\.downsample\.(.*)", key)
-        if m:  # end of mmcls stage i == start of timm stage i+1
-            new = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
-            value = _merge_reorder(value)
-        else:
-            new = re.sub(r"^stages\.", "layers.", new)
-            new = new.replace("patch_embed.projection.", "patch_embed.proj.")
-            new = new.replace(".attn.w_msa.", ".attn.")
-            new = new.replace(".ffn.layers.0.0.", ".mlp.fc1.")
-            new = new.replace(".ffn.layers.1.", ".mlp.fc2.")
-            new = re.sub(r"^norm3\.", "norm.", new)
-        out[new] = value
-    return out, ignored
-
-
-# ------------------------------------------------------------------------------------------------
-def _adapt(
-    key: str, value: Tensor, target: Tensor, backbone: Backbone, adapt_in_chans: bool
-) -> Tensor | None:
-    """Resize ``value`` to ``target``'s shape where that is meaningful, else None."""
-    stem = key in ("conv1.weight", "patch_embed.proj.weight") and adapt_in_chans
-    if stem and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
-        return adapt_input_conv(target.shape[1], value)
-    if key.endswith("relative_position_bias_table") and value.shape[1:] == target.shape[1:]:
-        old = int((value.shape[0] ** 0.5 + 1) // 2)
-        new = int((target.shape[0] ** 0.5 + 1) // 2)
-        # Swin windows shrink on small chips (window = min(7, feature size)); resize like timm
-        return resize_rel_pos_bias_table(value, (new, new), tuple(target.shape), (old, old))
-    if key == "pos_embed" and value.shape[-1] == target.shape[-1]:
-        prefix = backbone.model.num_prefix_tokens
-        side = int((target.shape[1] - prefix) ** 0.5)
-        return resample_abs_pos_embed(value, [side, side], num_prefix_tokens=prefix)
-    return None
-
-
-def load_weights(
-    module: Backbone | MaskedBackbone,
-    path: str | os.PathLike[str],
-    strict: bool = True,
-    adapt_in_chans: bool = True,
-) -> LoadReport:
-    """Load a weight file into a geocmid backbone (or masked backbone), converting layouts.
-
-    Args:
-        module: target :class:`Backbone` or :class:`MaskedBackbone` (its mask token is loaded
-            too when the file has a ``mask_token`` of the right size).
-        path: weight file (see module docstring for accepted layouts).
-        strict: raise :class:`ModelError` if any key is missing, unexpected or mismatched.
-        adapt_in_chans: adapt a stem trained on another band count (timm's ``adapt_input_conv``:
-            repeat and rescale RGB filters), e.g. to start 13-band training from RGB weights.
-
-    Returns:
-        a :class:`LoadReport`, also logged at INFO.
-
-    Raises:
-        ModelError: the file is unreadable, holds another architecture, or (strict) does not fit.
-    """
-    backbone = module.backbone if isinstance(module, MaskedBackbone) else module
-    raw = strip_prefixes(read_state_dict(path))
-    family, arch, layout = guess_architecture(raw)
-    where = f"weights file '{path}'"
-    if family == "unknown":
-        raise ModelError(
-            where,
-            "holds no recognisable ResNet, Swin or ViT backbone weights",
-            "pass a CMID release checkpoint, an extracted backbone or a geocmid export",
-        )
-    if family != backbone.family or (arch is not None and arch != backbone.name):
-        found = arch or f"a {family} of unknown size"
-        raise ModelError(
-            where,
-            f"holds {found} weights but the backbone is {backbone.name}",
-            f"set the backbone to match the file ({found}) or use a {backbone.name} file",
-        )
-    report = LoadReport(source=str(path), architecture=arch or f"{family}?")
-    token = raw.get("mask_token")  # the CMID student's, in full pretraining checkpoints
-    if layout == "mmcls":
-        raw, report.ignored = mmcls_swin_to_timm(raw)
-    else:
-        report.ignored = [k for k in raw if _IGNORE.search(k)]
-        raw = {k: v for k, v in raw.items() if k not in set(report.ignored)}
-
-    masked = isinstance(module, MaskedBackbone)
-    if masked and token is not None and token.numel() == module.mask_token.numel():
-        module.mask_token.data.copy_(token.reshape(module.mask_token.shape))
-        report.adapted.append("mask_token")
-
-    target = backbone.model.state_dict()
-    to_load: dict[str, Tensor] = {}
-    for key, value in raw.items():
-        if key not in target:
-            report.unexpected.append(key)
-        elif value.shape == target[key].shape:
-            to_load[key] = value
-        elif (new := _adapt(key, value, target[key], backbone, adapt_in_chans)) is not None:
-            to_load[key] = new
-            report.adapted.append(key)
-        else:
-            report.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
-    report.missing = [k for k in target if k not in raw]
-    report.loaded = [k for k in to_load if k not in report.adapted]
-    log.info(report.summary())
-    if strict and not report.ok:
-        raise ModelError(where, f"does not fit {backbone.name}: {report.summary()}", _FIX_STRICT)
-    backbone.model.load_state_dict(to_load, strict=False)
-    return report
-
-
-_FIX_STRICT = "check the architecture and band count, or load with strict=False to accept this"
-
-
-# ------------------------------------------------------------------------------------------------
-# safetensors export / import with a model card
 def _stem(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
-def export_backbone(
-    module: nn.Module, path: str | os.PathLike[str], card: dict[str, Any]
-) -> tuple[Path, Path]:
-    """Write ``NAME.safetensors`` (weights) and ``NAME.json`` (model card), atomically.
-
-    Args:
-        module: a :class:`Backbone`, or anything with a ``.backbone`` (MaskedBackbone, CMIDModel).
-        path: ``NAME`` or ``NAME.safetensors``.
-        card: user fields: ``bands`` (names), ``normalisation`` ``{"mean": [...], "std": [...]}``,
-            ``gsd`` (m/px), ``pretraining`` ``{"data": ..., "epochs": ...}``, anything else. The
-            architecture, band count, chip size and geocmid version are filled in from the module.
-
-    Returns:
-        the two written paths.
-    """
-    from geocmid import __version__
-
-    backbone = module
+def _find_backbone(module: nn.Module) -> Backbone:
+    backbone: Any = module
     while not isinstance(backbone, Backbone):
         if not hasattr(backbone, "backbone"):
-            raise ModelError("export", f"{type(module).__name__} has no backbone to export")
+            raise ModelError(
+                "export",
+                f"{type(module).__name__} has no backbone to export",
+                "pass a Backbone, a MaskedBackbone or a CMIDModel",
+            )
         backbone = backbone.backbone
-    full = {
-        "format": CARD_FORMAT,
+    return backbone
+
+
+def export_card(backbone: Backbone, card: ModelCard | Mapping[str, Any] | None = None) -> ModelCard:
+    """The card of an export: ``card``'s fields plus what ``backbone`` itself says.
+
+    Architecture, family, band count, chip size, output stride / channels and the geocmid
+    version come from the backbone; ``task`` defaults to ``"backbone"``.
+
+    Raises:
+        ModelError: ``card`` names another architecture or band count than the backbone's.
+        ConfigError: a field of ``card`` is invalid (the message names the key).
+    """
+    user = card.to_dict() if isinstance(card, ModelCard) else dict(card or {})
+    for key, own in (("architecture", backbone.name), ("in_chans", backbone.in_chans)):
+        given = user.get(key)
+        same = given is None or (
+            resolve_name(str(given)) == own if key == "architecture" else given == own
+        )
+        if not same:
+            raise ModelError(
+                f"model card: key '{key}'",
+                f"says {given!r}, the exported backbone has {own!r}",
+                f"leave '{key}' out of the card (it is taken from the backbone)",
+            )
+    filled = {
         "architecture": backbone.name,
         "family": backbone.family,
         "in_chans": backbone.in_chans,
@@ -365,61 +116,128 @@ def export_backbone(
         "out_channels": backbone.out_channels,
         "stride": backbone.stride,
         "geocmid_version": __version__,
-        **card,
     }
-    _check_card(full, backbone)
+    merged = {**user, **filled}
+    merged.setdefault("task", "backbone")
+    return ModelCard.from_dict(merged, where="model card")
+
+
+def export_backbone(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    card: ModelCard | Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``NAME.safetensors`` (weights, plain timm keys) and ``NAME.json`` (card), atomically.
+
+    The safetensors file holds ``backbone.model.state_dict()``: exactly the keys of
+    ``timm.create_model(card.architecture, num_classes=0, in_chans=card.in_chans)``, so timm,
+    TorchGeo and smp load it without renaming. The card is also stored in the file's header
+    (metadata key ``geocmid_card``), so the weights alone are enough.
+
+    Args:
+        module: a :class:`Backbone`, or anything with a ``.backbone`` (MaskedBackbone, CMIDModel).
+        path: ``NAME`` or ``NAME.safetensors``.
+        card: a :class:`ModelCard` or a dict of card fields: ``bands`` (names), ``mean`` /
+            ``std`` (raw units, one per band; the old ``normalisation: {mean, std}`` is read too),
+            ``gsd`` (CRS units per pixel), ``pretraining`` (``{"method", "data", "epochs", ...}``),
+            anything else (kept in ``extra``). Architecture, band count, chip size, output
+            geometry and geocmid version are filled in from the module (see :func:`export_card`).
+
+    Returns:
+        ``(weights path, card path)``.
+
+    Raises:
+        ModelError: ``module`` holds no backbone, or ``card`` contradicts it.
+        ConfigError: a card field is invalid (named in the message).
+    """
+    backbone = _find_backbone(module)
+    full = export_card(backbone, card)
     stem = _stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights, card_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    text = json.dumps(full, indent=2, sort_keys=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
     tmp_w, tmp_c = weights.with_suffix(".safetensors.part"), card_path.with_suffix(".json.part")
-    save_file(state, str(tmp_w), metadata={"geocmid_card": json.dumps(full)})
-    tmp_c.write_text(text + "\n")
+    meta = {"format": "pt", CARD_METADATA_KEY: json.dumps(full.to_dict(), sort_keys=True)}
+    save_file(state, str(tmp_w), metadata=meta)
+    tmp_c.write_text(full.to_json())
     os.replace(tmp_w, weights)  # rename last: no half-written file under the final name
     os.replace(tmp_c, card_path)
     return weights, card_path
 
 
-def _check_card(card: dict[str, Any], backbone: Backbone) -> None:
-    n = backbone.in_chans
-    if card["in_chans"] != n:
-        raise ModelError("model card", f"says in_chans={card['in_chans']}, the backbone has {n}")
-    bands = card.get("bands")
-    if bands is not None and len(bands) != n:
-        raise ModelError("model card 'bands'", f"lists {len(bands)} bands, the backbone has {n}")
-    norm = card.get("normalisation") or {}
-    for stat in ("mean", "std"):
-        if stat in norm and len(norm[stat]) != n:
-            raise ModelError(
-                f"model card 'normalisation.{stat}'",
-                f"has {len(norm[stat])} values for {n} bands",
-            )
+def read_export_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card of an export: ``NAME.json`` beside the weights, else the safetensors header.
 
+    Args:
+        path: ``NAME``, ``NAME.safetensors`` or ``NAME.json``.
 
-def load_backbone(path: str | os.PathLike[str]) -> tuple[Backbone, dict[str, Any]]:
-    """Rebuild a backbone exported by :func:`export_backbone` → ``(backbone, card)``."""
+    Raises:
+        ModelError: neither the JSON file nor a card in the weights' header exists.
+        ConfigError: the card is invalid (the message names the key).
+    """
     stem = _stem(path)
     weights, card_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    if card_path.is_file():
+        return ModelCard.from_file(card_path)
+    meta: dict[str, str] = {}
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(
+                f"weights file '{weights}'", f"is not a safetensors file ({exc})", "re-export it"
+            ) from exc
+    if CARD_METADATA_KEY not in meta:
+        raise ModelError(
+            f"model card '{card_path}'",
+            "is missing (and the weights file carries none)",
+            "keep NAME.json next to NAME.safetensors",
+        )
+    try:
+        data = json.loads(meta[CARD_METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model card in '{weights}'", f"is not valid JSON ({exc})") from exc
+    return ModelCard.from_dict(data, where=f"model card in '{weights}'")
+
+
+def load_backbone(path: str | os.PathLike[str]) -> tuple[Backbone, ModelCard]:
+    """Rebuild a backbone exported by :func:`export_backbone` → ``(backbone, card)``.
+
+    The backbone is built from the card (architecture, band count, chip size) and every tensor
+    of the file is loaded strictly. Exports written before ``geocmid-card/2`` hold the keys under
+    a ``model.`` prefix; it is removed (logged at DEBUG).
+
+    Args:
+        path: ``NAME``, ``NAME.safetensors`` or ``NAME.json``.
+
+    Raises:
+        ModelError: the weights file is missing, or a key is missing / unexpected / of another
+            shape (the message names the first few and counts them).
+        ConfigError: the card is invalid.
+    """
+    stem = _stem(path)
+    weights = stem.with_suffix(".safetensors")
     if not weights.is_file():
         raise ModelError(f"weights file '{weights}'", "does not exist", "check the path")
-    if card_path.is_file():
-        card = json.loads(card_path.read_text())
-    else:  # the card is also embedded in the safetensors header
-        with safe_open(str(weights), "pt") as f:
-            meta = f.metadata() or {}
-        if "geocmid_card" not in meta:
-            raise ModelError(
-                f"model card '{card_path}'", "is missing", "keep NAME.json next to NAME.safetensors"
-            )
-        card = json.loads(meta["geocmid_card"])
-    backbone = create_backbone(card["architecture"], card["in_chans"], img_size=card["chip_size"])
-    state = load_file(str(weights))
-    result = backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    card = read_export_card(weights)
+    if not card.architecture:
         raise ModelError(
-            f"weights file '{weights}'",
-            f"does not match its card ({card['architecture']}): missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}",
+            f"model card of '{weights}'",
+            "names no architecture",
+            "export the backbone with `geocmid export` (it writes a complete card)",
         )
+    backbone = create_backbone(card.architecture, card.in_chans, img_size=card.chip_size or 224)
+    state = load_file(str(weights))
+    if state and all(k.startswith("model.") for k in state):
+        log.debug("%s: export written before geocmid-card/2, removing the 'model.' prefix", weights)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    load_state_dict_strict(
+        backbone.model,
+        state,
+        f"weights file '{weights}'",
+        f"the weights do not match their card ({card.architecture}, {card.in_chans} bands, "
+        f"chip {card.chip_size} px): keep each NAME.json with the NAME.safetensors it was "
+        "written with, or export again with `geocmid export`",
+    )
     return backbone, card

@@ -9,7 +9,8 @@ fine-tuning: the model trains, just from scratch).
 Sources (the ``weights`` setting):
 
 * ``None`` / ``"random"``: random initialisation;
-* a geocmid export ``NAME.safetensors`` (+ ``NAME.json`` model card): architecture, band count and
+* a geocmid export ``NAME.safetensors`` (+ ``NAME.json`` model card, read as a
+  :class:`~geocmid.models.card.ModelCard` whatever its format): architecture, band count and
   normalisation statistics come from the card; a band count that differs from the data's is a
   :class:`ModelError`;
 * anything else :func:`geocmid.models.weights.load_weights` reads (the authors' released CMID
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from geocmid.errors import ConfigError, ModelError
 from geocmid.models.backbones import Backbone, create_backbone, resolve_name
+from geocmid.models.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,13 @@ class EncoderSource:
         kind: ``"export"`` (geocmid safetensors + card), ``"weights"`` (release / state dict)
             or ``"random"``.
         path: the weight file, or None.
-        card: the export's model card (``{}`` for other sources).
+        card: the export's model card (None for other sources).
     """
 
     backbone: Backbone
     kind: SourceKind
     path: str | None = None
-    card: dict[str, Any] = field(default_factory=dict)
+    card: ModelCard | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -68,11 +70,13 @@ class EncoderSource:
 
     def normalisation(self) -> tuple[list[float], list[float]] | None:
         """``(mean, std)`` per band in raw units from the card, or None if it has none."""
-        return card_normalisation(self.card)
+        return None if self.card is None else card_normalisation(self.card)
 
     def bands(self) -> list[str] | None:
-        bands = self.card.get("bands")
-        return [str(b) for b in bands] if bands else None
+        """Band names of the card, or None (no card, or bands given only as indexes)."""
+        if self.card is None or all(isinstance(b, int) for b in self.card.bands):
+            return None
+        return [str(b) for b in self.card.bands]
 
 
 def is_export(path: str | Path) -> bool:
@@ -83,12 +87,24 @@ def is_export(path: str | Path) -> bool:
     return p.suffix == "" and p.with_suffix(".safetensors").is_file()
 
 
-def card_normalisation(card: dict[str, Any]) -> tuple[list[float], list[float]] | None:
-    """Per-band ``(mean, std)`` from a model card (top-level or under ``normalisation``)."""
-    for holder in (card, card.get("normalisation") or {}):
-        if holder.get("mean") is not None and holder.get("std") is not None:
-            return [float(v) for v in holder["mean"]], [float(v) for v in holder["std"]]
-    return None
+def card_normalisation(
+    card: ModelCard | Mapping[str, Any], where: str = "model card"
+) -> tuple[list[float], list[float]] | None:
+    """Per-band ``(mean, std)`` in raw units from a model card, or None if it has none.
+
+    Args:
+        card: a :class:`ModelCard`, or a card dictionary of any format
+            :meth:`ModelCard.from_dict` reads (e.g. the parsed ``NAME.json`` of an export).
+        where: names the card in error messages.
+
+    Raises:
+        ConfigError: the dictionary is not a valid card (the message names the key).
+    """
+    if not isinstance(card, ModelCard):
+        card = ModelCard.from_dict(card, where=where)
+    if not card.mean:
+        return None
+    return list(card.mean), list(card.std)
 
 
 def load_encoder(
@@ -147,10 +163,10 @@ def _load_export(path: str, backbone: str | None, in_chans: int, img_size: int) 
         raise ModelError(
             where,
             f"describes a {exported.name} but the task asks for backbone '{backbone}'",
-            f"set model.backbone to {card.get('architecture')} (or leave it out)",
+            f"set model.backbone to {card.architecture} (or leave it out)",
         )
     if exported.in_chans != in_chans:
-        bands = card.get("bands")
+        bands = card.bands
         raise ModelError(
             where,
             f"the backbone was trained on {exported.in_chans} bands"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from geocmid.errors import ModelError
-from geocmid.models import Backbone, MaskedBackbone, create_backbone
+from geocmid.errors import ConfigError, ModelError
+from geocmid.models import Backbone, MaskedBackbone, ModelCard, create_backbone
 from geocmid.models.weights import (
     export_backbone,
     guess_architecture,
@@ -183,7 +185,7 @@ def test_partial_checkpoint_reports_missing_keys(tmp_path: Path, caplog) -> None
     torch.save(sd, tmp_path / "partial.pth")
     with pytest.raises(ModelError, match=r"1 missing: layer4\.1\.bn2\.weight"):
         load_weights(create_backbone("resnet18", 3), tmp_path / "partial.pth")
-    with caplog.at_level("INFO", logger="geocmid.models.weights"):
+    with caplog.at_level("INFO", logger="geocmid.models"):
         report = load_weights(
             create_backbone("resnet18", 3), tmp_path / "partial.pth", strict=False
         )
@@ -203,7 +205,8 @@ def test_safetensors_export_roundtrip(tmp_path: Path) -> None:
     src = create_backbone("resnet18", 4, img_size=64).eval()
     card = {
         "bands": ["red", "green", "blue", "nir"],
-        "normalisation": {"mean": [0.1] * 4, "std": [0.2] * 4},
+        "mean": [0.1] * 4,
+        "std": [0.2] * 4,
         "gsd": 0.6,
         "pretraining": {"method": "CMID", "data": "naip-sample", "epochs": 2},
     }
@@ -211,14 +214,59 @@ def test_safetensors_export_roundtrip(tmp_path: Path) -> None:
     assert w.name == "naip_r18.safetensors" and c.name == "naip_r18.json"
     assert not list((tmp_path / "out").glob("*.part"))
     dst, got = load_backbone(tmp_path / "out" / "naip_r18.safetensors")
-    assert got["architecture"] == "resnet18" and got["in_chans"] == 4 and got["chip_size"] == 64
-    assert got["gsd"] == 0.6 and got["pretraining"]["epochs"] == 2 and "geocmid_version" in got
+    assert isinstance(got, ModelCard) and got.format == "geocmid-card/2"
+    assert got.architecture == "resnet18" and got.in_chans == 4 and got.chip_size == 64
+    assert got.task == "backbone" and got.family == "resnet" and got.stride == 32
+    assert got.mean == (0.1,) * 4 and got.std == (0.2,) * 4 and got.out_channels == 512
+    assert got.gsd == 0.6 and got.pretraining["epochs"] == 2 and got.geocmid_version
     x = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(dst.eval()(x), src(x))
     c.unlink()  # the card is also in the safetensors header
-    assert load_backbone(w)[1]["bands"] == card["bands"]
+    assert load_backbone(w)[1] == got
     # an export also loads through load_weights (e.g. as pretrained_path)
     assert load_weights(create_backbone("resnet18", 4), w).ok
-    with pytest.raises(ModelError, match="lists 3 bands"):
+    with pytest.raises(ConfigError, match="'bands': has 3 entries but in_chans is 4"):
         export_backbone(src, tmp_path / "bad", {"bands": ["r", "g", "b"]})
+    with pytest.raises(ModelError, match="'in_chans': says 3, the exported backbone has 4"):
+        export_backbone(src, tmp_path / "bad", {"in_chans": 3})
+    assert not list(tmp_path.glob("bad*"))
+
+
+def test_old_layout_exports_still_load(tmp_path: Path, caplog) -> None:
+    """Exports before geocmid-card/2: keys under 'model.', card with normalisation{mean, std}."""
+    src = create_backbone("resnet18", 3, img_size=32)
+    save_file(
+        {k: v.contiguous() for k, v in src.state_dict().items()},  # Backbone keys: 'model.*'
+        str(tmp_path / "old.safetensors"),
+    )
+    old_card = {
+        "format": "geocmid-backbone/1", "architecture": "resnet18", "family": "resnet",
+        "in_chans": 3, "chip_size": 32, "out_channels": 512, "stride": 32,
+        "geocmid_version": "0.1.0", "backbone": "resnet18", "bands": ["r", "g", "b"],
+        "weights": "student backbone (timm layout, keys prefixed 'model.')",
+        "normalisation": {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]},
+        "pretraining": {"method": "CMID", "epochs": 3},
+    }  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps(old_card))
+    with caplog.at_level("DEBUG", logger="geocmid.models"):
+        dst, card = load_backbone(tmp_path / "old.safetensors")
+    assert "removing the 'model.' prefix" in caplog.text
+    assert card.mean == (1.0, 2.0, 3.0) and card.std == (4.0, 5.0, 6.0)
+    assert card.task == "backbone" and "weights" not in card.extra
+    sd = dst.model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in src.model.state_dict().items())
+    # re-exporting writes the new layout: plain timm keys, card/2
+    w, c = export_backbone(dst, tmp_path / "new", card)
+    assert set(load_file(str(w))) == set(src.model.state_dict())
+    assert json.loads(c.read_text())["format"] == "geocmid-card/2"
+
+
+def test_create_backbone_loads_strictly(tmp_path: Path) -> None:
+    """pretrained_path (backbones → loading, no import of weights) refuses a partial file."""
+    sd = create_backbone("resnet18", 3).model.state_dict()
+    sd.pop("fc.weight", None)
+    sd.pop("layer2.0.conv1.weight")
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(ModelError, match=r"1 missing: layer2\.0\.conv1\.weight"):
+        create_backbone("resnet18", 3, pretrained_path=str(tmp_path / "partial.pth"))

@@ -14,31 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+# the one class table and palette of the package live in geocmid.data.classes; re-exported here
+from geocmid.data.classes import DEFAULT_COLORS as DEFAULT_COLORS
+from geocmid.data.classes import ClassInfo as ClassInfo
+from geocmid.data.classes import default_color
 from geocmid.errors import ConfigError, did_you_mean
 
 #: File endings read as rasters when a folder is given (GDAL reads many more by explicit path).
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc")
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DEFAULT_COLORS = (
-    "#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928",
-    "#a6cee3", "#b2df8a", "#fb9a99", "#fdbf6f", "#cab2d6", "#ffff99",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One class of a label source: the pixel/attribute value, a name and a display colour."""
-
-    value: int
-    name: str
-    color: str
-
-    @property
-    def rgb(self) -> tuple[int, int, int]:
-        """Colour as 0-255 integers (for GeoTIFF colour tables and QGIS styles)."""
-        h = self.color.lstrip("#")
-        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
 @dataclass
@@ -129,7 +114,7 @@ def _parse_classes(entry: Entry, raw: Any) -> list[ClassInfo]:
                 "classes", f"class value {value!r} is not an integer", "use integer class values"
             ) from None
         if isinstance(spec, str):
-            name, color = spec, DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+            name, color = spec, default_color(i)
         elif isinstance(spec, Mapping):
             unknown = set(spec) - {"name", "color"}
             if unknown:
@@ -141,7 +126,7 @@ def _parse_classes(entry: Entry, raw: Any) -> list[ClassInfo]:
                     "each class takes only 'name' and 'color'",
                 )
             name = str(spec.get("name", f"class_{ivalue}"))
-            color = str(spec.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)]))
+            color = str(spec.get("color", default_color(i)))
         else:
             raise entry.error("classes", f"class {ivalue}: expected a name or {{name, color}}")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
