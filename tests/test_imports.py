@@ -138,8 +138,8 @@ def test_the_graph_sees_known_edges() -> None:
     edges = graph(module_level_only=False)
     assert "geocmid.models.backbones" in edges["geocmid.models.masked"]
     assert "geocmid.models.card" in edges["geocmid.models.weights"]
-    assert "geocmid.models.weights" in edges["geocmid.cli.export"]  # inside a function
-    assert "geocmid.models.weights" not in graph(True)["geocmid.cli.export"]
+    assert "geocmid.models.weights" in edges["geocmid.workflows.export"]  # inside a function
+    assert "geocmid.models.weights" not in graph(True)["geocmid.workflows.export"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

@@ -8,7 +8,6 @@ recorded as coming from the command line.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,21 +106,14 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``steps.pretrain.epochs=2`` → ``("steps.pretrain.epochs", 2)``; the value is YAML."""
-    if "=" not in text:
-        raise ConfigError(
-            f"override '{text}'", "expected KEY=VALUE", "e.g. steps.finetune.epochs=3"
-        )
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    return key, value
+    """``steps.pretrain.epochs=2`` → ``("steps.pretrain.epochs", 2)``.
+
+    The same ``KEY=VALUE`` syntax (value read as YAML) as every training config override:
+    :func:`geocmid.workflows.config.parse_overrides`.
+    """
+    from geocmid.workflows.config import parse_overrides
+
+    return parse_overrides([text], where="override")[0]
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:

@@ -157,6 +157,6 @@ def test_export_cli_writes_a_card2_export(tmp_path: Path) -> None:
     state.pop("model.student.backbone.model.layer1.0.conv1.weight")
     torch.save(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(ModelError, match=r"1 missing: layer1\.0\.conv1\.weight"):
-        from geocmid.cli.export import export_checkpoint
+        from geocmid.workflows.export import export
 
-        export_checkpoint(tmp_path / "bad.ckpt", tmp_path / "bad")
+        export(tmp_path / "bad.ckpt", tmp_path / "bad")
