@@ -48,3 +48,34 @@ def test_recipe_overrides_may_follow_options(tmp_path: Path, capsys, monkeypatch
     assert "--epochs 3" in capsys.readouterr().out
     assert main(["run", recipe, "--dry-run", "steps.predict.overlapp=24"]) == 2
     assert "did you mean 'overlap'" in capsys.readouterr().err
+
+
+def test_fit_options_become_one_list_of_overrides() -> None:
+    from geocmid.cli import build_parser
+    from geocmid.cli.fit import overrides_of
+
+    args, extra = build_parser().parse_known_args([
+        "fit", "-c", "x.yaml", "--set", "model.lr=1e-3", "--trainer.max_epochs", "3",
+        "--model.init_args.backbone=resnet34", "--max-epochs", "4", "--freeze-backbone",
+        "--batch-size", "2", "--out", "runs/x",
+    ])  # fmt: skip
+    assert not extra
+    assert overrides_of(args) == [
+        ("model.lr", 0.001), ("trainer.max_epochs", 3), ("model.init_args.backbone", "resnet34"),
+        ("trainer.default_root_dir", "runs/x"), ("trainer.max_epochs", 4),
+        ("model.freeze_backbone", True), ("data.batch_size", 2),
+    ]  # fmt: skip
+
+
+def test_fit_config_errors_exit_2_without_traceback(tmp_path: Path, capsys) -> None:
+    assert main(["fit", "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "config file not found" in err and "fix:" in err and "Traceback" not in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "finetune-segmentation.yaml").read_text())
+    assert main(["fit", "-c", str(bad), "--set", "model.scheduler=cosin"]) == 2
+    assert "model.init_args.scheduler: must be one of" in capsys.readouterr().err
+    assert main(["fit", "-c", str(bad), "--model.init_args.lrr", "1"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert main(["test", "-c", str(bad)]) == 2
+    assert "needs a checkpoint" in capsys.readouterr().err

@@ -5,15 +5,28 @@ and plain Lightning CLI configs accept them. They build their own datasets from 
 (TorchGeo's ``dataset_class`` / ``aug`` machinery is not used): samples are normalised by the
 dataset transforms (supervised) or on the device (pretraining), never by TorchGeo's default
 ``Normalize(0, 255)``.
+
+Fine-tuning datamodules also tell the task what it is built for (:meth:`task_args`: bands, class
+table, normalisation statistics, chip size), so a task may leave those arguments out of its
+config, and take their normalisation statistics from a pretrained encoder's model card
+(``stats_from``, :func:`stats_from_card`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 from torchgeo.datamodules import BaseDataModule
 from torchgeo.datasets.utils import stack_samples
+
+from geocmid.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 class CatalogDataModule(BaseDataModule):
@@ -34,6 +47,28 @@ class CatalogDataModule(BaseDataModule):
         """Batches are already normalised by the dataset transforms: pass them through."""
         return batch
 
+    def task_args(self) -> dict[str, Any]:
+        """What a fine-tuning task needs from the data, read after :meth:`setup`.
+
+        Returns:
+            ``in_channels`` (bands), ``num_classes`` (logit channels), ``classes``
+            (``[{value, name, color}]`` in logit order), ``bands`` (names), ``mean`` / ``std``
+            (raw units, what the images are normalised with) and ``chip_size`` (pixels).
+        """
+        self.setup()
+        bands = list(self.bands)  # type: ignore[attr-defined]
+        classes = class_dicts(self.classes)  # type: ignore[attr-defined]
+        mean, std = self.normalisation  # type: ignore[attr-defined]
+        return {
+            "in_channels": len(bands),
+            "num_classes": len(classes),
+            "classes": classes,
+            "bands": [str(b) for b in bands],
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "chip_size": int(self.hparams["chip_size"]),
+        }
+
 
 def loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: Any) -> DataLoader:
     """A DataLoader over a geo sampler, collating TorchGeo samples; workers persist between
@@ -47,3 +82,63 @@ def loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: 
         persistent_workers=num_workers > 0,
         **kw,
     )
+
+
+def class_dicts(classes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Class table entries (``ClassInfo``) → ``[{"value", "name", "color": "#rrggbb"}]``."""
+    out = []
+    for c in classes:
+        if hasattr(c, "to_dict"):
+            out.append(dict(c.to_dict()))
+        else:
+            out.append({"value": int(c.value), "name": str(c.name), "color": c.color})
+    return out
+
+
+def stats_from_card(
+    path: str | Path | None, bands: Sequence[str], where: str
+) -> tuple[list[float], list[float]] | None:
+    """Per-band ``(mean, std)`` (raw units) recorded with a model, or None.
+
+    ``path`` names a geocmid export (``NAME.safetensors`` or its card ``NAME.json``) or a
+    fine-tuned checkpoint (``.ckpt``, the card inside); the statistics a pretrained encoder
+    learnt with are the ones its features mean something for. Other weight files (a CMID
+    release ``.pth``) carry none: None, and the data's own statistics are used.
+
+    Raises:
+        ModelError: the card's statistics are for another number of bands than ``bands``.
+    """
+    if not path:
+        return None
+    p = Path(path)
+    card: Any = None
+    if p.suffix == ".ckpt" and p.is_file():
+        import torch
+
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        card = ckpt.get("geocmid_card") if isinstance(ckpt, dict) else None
+    else:
+        from geocmid.tasks.encoders import is_export
+
+        card_path = p.with_suffix(".json")
+        if is_export(str(p)) and card_path.is_file():
+            card = json.loads(card_path.read_text())
+    if not card:
+        log.info("%s: no model card with statistics; normalising with the data's own", p)
+        return None
+    from geocmid.tasks.encoders import card_normalisation
+
+    stats = card_normalisation(card)
+    if stats is None:
+        return None
+    mean, std = stats
+    if len(mean) != len(bands):
+        names = card.get("bands") if isinstance(card, dict) else None
+        named = f" ({', '.join(map(str, names))})" if names else ""
+        raise ModelError(
+            f"model card of '{p}' ({where})",
+            f"the encoder was trained on {len(mean)} bands{named} but the data has "
+            f"{len(bands)} ({', '.join(map(str, bands))})",
+            "fine-tune on imagery with the same bands, or start from other weights",
+        )
+    return [float(v) for v in mean], [float(v) for v in std]

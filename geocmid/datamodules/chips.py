@@ -16,7 +16,7 @@ from geocmid.data.chips import FeatureChipDataset, FeatureChipSampler, random_fl
 from geocmid.data.datasets import imagery_dataset
 from geocmid.data.sampling import rank_and_world_size, rank_seed, spatial_split_regions
 from geocmid.data.stats import Normalize, entry_normalizer
-from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card
 from geocmid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class FeatureChipDataModule(CatalogDataModule):
         num_workers: data-loading processes.
         seed: seed of the split and the order.
         mean, std: normalisation statistics (raw units); default: the entry's.
+        stats_from: export / checkpoint whose model card's statistics to use (see
+            :class:`~geocmid.datamodules.SegmentationDataModule`).
         augment: random flips / rotations of training chips.
     """
 
@@ -55,6 +57,7 @@ class FeatureChipDataModule(CatalogDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augment: bool = True,
+        stats_from: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
@@ -86,8 +89,13 @@ class FeatureChipDataModule(CatalogDataModule):
         hp = self.hparams
         image_entry = self.catalog.get_kind(hp.entry, ImageryEntry)
         label_entry = self.catalog.get_kind(hp.labels, VectorLabelsEntry)
+        card = None
+        if hp.mean is None or hp.std is None:
+            card = stats_from_card(hp.stats_from, self.bands, image_entry.where)
         if hp.mean is not None and hp.std is not None:
             normalize = Normalize(hp.mean, hp.std)
+        elif card is not None:
+            normalize = Normalize(*card)
         else:
             normalize = entry_normalizer(image_entry)
         self.stats = (

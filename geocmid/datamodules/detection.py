@@ -24,7 +24,7 @@ from geocmid.data.sampling import (
     spatial_split_regions,
 )
 from geocmid.data.stats import Normalize, compute_stats, entry_normalizer
-from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card
 from geocmid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class DetectionDataModule(CatalogDataModule):
         seed: split and sampling seed.
         mean, std: per-band statistics (raw units) to normalise with, e.g. from the encoder's
             model card; default: the imagery's statistics.
+        stats_from: export / checkpoint whose model card's statistics to use (see
+            :class:`~geocmid.datamodules.SegmentationDataModule`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class DetectionDataModule(CatalogDataModule):
         seed: int = 0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        stats_from: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         # mean/std stay out of the hparams: Lightning refuses to log a datamodule whose initial
@@ -146,6 +149,10 @@ class DetectionDataModule(CatalogDataModule):
 
     def _normalizer(self, entry: ImageryEntry) -> Normalize:
         mean, std = self.mean, self.std
+        if mean is None and std is None:
+            card = stats_from_card(self.hparams.stats_from, list(entry.bands), entry.where)
+            if card is not None:
+                mean, std = card
         if mean is None and std is None:
             normalize = entry_normalizer(entry)
             self.stats = ([float(v) for v in normalize.mean.ravel()],

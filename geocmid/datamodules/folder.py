@@ -21,7 +21,7 @@ from geocmid.data.catalog.schema import DEFAULT_COLORS
 from geocmid.data.chips import random_flips
 from geocmid.data.datasets import image_folder_dataset
 from geocmid.data.stats import Normalize
-from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class ImageFolderDataModule(CatalogDataModule):
         chip_size: image edge fed to the model, in pixels.
         batch_size, split, num_workers, seed: as for the other datamodules.
         mean, std: normalisation statistics (raw units).
+        stats_from: export / checkpoint whose model card's statistics to use (see
+            :class:`~geocmid.datamodules.SegmentationDataModule`).
         augment: random flips / 90° rotations of training images.
     """
 
@@ -53,6 +55,7 @@ class ImageFolderDataModule(CatalogDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augment: bool = True,
+        stats_from: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
@@ -78,8 +81,14 @@ class ImageFolderDataModule(CatalogDataModule):
             self.splits[1] += ids[:n_val]
             self.splits[2] += ids[n_val : n_val + n_test]
             self.splits[0] += ids[n_val + n_test :]
+        card = None
+        if (hp.mean is None or hp.std is None) and hp.stats_from:
+            bands = _band_names(len(dataset[0]["image"]))
+            card = stats_from_card(hp.stats_from, bands, entry.where)
         if hp.mean is not None and hp.std is not None:
             self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
+        elif card is not None:
+            self.stats = card
         else:
             # Running sums, one image at a time: a UC Merced-sized folder never sits in memory.
             total = square = None
@@ -100,8 +109,7 @@ class ImageFolderDataModule(CatalogDataModule):
     @property
     def bands(self) -> list[str]:
         self.setup()
-        n = self.band_count
-        return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
+        return _band_names(self.band_count)
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -150,6 +158,10 @@ class ImageFolderDataModule(CatalogDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(2)
+
+
+def _band_names(n: int) -> list[str]:
+    return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
 
 
 class _Transformed(torch.utils.data.Dataset):

@@ -2,7 +2,8 @@
 
 Adds to the data layer's supervised datamodule:
 
-* normalisation by given statistics (a pretrained encoder's model card) instead of the entry's;
+* normalisation by given statistics (``mean`` / ``std``, or ``stats_from`` a pretrained
+  encoder's model card) instead of the entry's;
 * an optional background class for vector labels that only outline the foreground (pixels
   outside every feature are otherwise *unlabelled*);
 * up-front label checks: an empty label file, or label values missing from the class table, is a
@@ -28,6 +29,7 @@ from geocmid.data.catalog import (
 )
 from geocmid.data.datasets import ClassLookup
 from geocmid.data.stats import Normalize, entry_normalizer
+from geocmid.datamodules.base import stats_from_card
 from geocmid.datamodules.geo import SupervisedGeoDataModule
 from geocmid.errors import ConfigError, DataError, ModelError
 
@@ -41,8 +43,11 @@ class SegmentationDataModule(SupervisedGeoDataModule):
     """Imagery + mask labels (or a bitemporal pair + change labels) for dense fine-tuning.
 
     Args (besides those of :class:`SupervisedGeoDataModule`):
-        mean, std: per-band statistics in raw units to normalise with (e.g. from the encoder's
-            model card); default: the image entry's stored statistics.
+        mean, std: per-band statistics in raw units to normalise with; default: the image
+            entry's stored statistics.
+        stats_from: a geocmid export (``.safetensors`` / ``.json``) or fine-tuned checkpoint
+            whose model card's statistics to normalise with (``mean`` / ``std`` win if given;
+            weights without a card: the entry's statistics). ``geocmid fit --weights`` sets it.
         background: name of a class 0 to add when the labels are vectors without one (pixels
             outside every feature then train as background instead of being ignored).
     """
@@ -64,6 +69,7 @@ class SegmentationDataModule(SupervisedGeoDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         background: str | None = None,
+        stats_from: str | None = None,
     ) -> None:
         super().__init__(
             entry, labels, catalog, chip_size, batch_size, split, block_size,
@@ -112,17 +118,21 @@ class SegmentationDataModule(SupervisedGeoDataModule):
         self._check_labels(self.label_entry() if hp.labels or self.is_change else None)
         dataset = super()._build()
         image_entry = self.image_entry()
-        if hp.mean is not None and hp.std is not None:
+        mean, std = hp.mean, hp.std
+        if mean is None or std is None:
+            card = stats_from_card(hp.stats_from, self.bands, image_entry.where)
+            mean, std = card if card else (None, None)
+        if mean is not None and std is not None:
             n = len(image_entry.bands)
-            if len(hp.mean) != n or len(hp.std) != n:
+            if len(mean) != n or len(std) != n:
                 raise ModelError(
                     "normalisation statistics",
-                    f"have {len(hp.mean)} means / {len(hp.std)} stds for {n} bands of "
+                    f"have {len(mean)} means / {len(std)} stds for {n} bands of "
                     f"{image_entry.where}",
-                    "use statistics of the same bands (or normalisation: data)",
+                    "use statistics of the same bands (or leave data.mean / data.std out)",
                 )
-            normalize = Normalize(hp.mean, hp.std)
-            self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
+            normalize = Normalize(mean, std)
+            self.stats = ([float(v) for v in mean], [float(v) for v in std])
             if self.is_change:
                 dataset.transforms = lambda s: self._map_mask(normalize(s))
             else:  # IntersectionDataset(image, labels): the image dataset normalises

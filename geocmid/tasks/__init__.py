@@ -3,7 +3,8 @@
 The task classes are TorchGeo tasks (``torchgeo.tasks.Classification`` / ``SemanticSegmentation``
 / ``ChangeDetection``) with geocmid's encoder initialisation, optimiser groups, reports and
 model card; they run from ``geocmid fit``, from ``torchgeo fit`` / Lightning CLI configs, and from
-Python. Task modules are imported lazily so that ``import geocmid.tasks.encoders`` stays light.
+Python. Task modules are imported lazily so that ``import geocmid.tasks.encoders`` stays light;
+which tasks exist is said once, by the registry (:data:`geocmid.tasks.registry.TASKS`).
 """
 
 from __future__ import annotations
@@ -13,35 +14,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geocmid.errors import ModelError
+from geocmid.tasks.registry import TASKS, TaskRecord, get_task  # no heavy imports
 
 if TYPE_CHECKING:
     from torch import nn
 
-#: Task name (model card ``task``) → "module:class".
-TASKS = {
-    "segmentation": "geocmid.tasks.segmentation:SegmentationTask",
-    "change": "geocmid.tasks.change:ChangeTask",
-    "classification": "geocmid.tasks.classification:ClassificationTask",
-    "detection": "geocmid.tasks.detection:DetectionTask",
-}
-
 
 def task_class(name: str) -> type:
-    """The task class for a task name (``segmentation``, ``change``, ``classification``)."""
-    import importlib
-
+    """The task class for a task name of the registry (``segmentation``, ``change``, ...)."""
     if name not in TASKS:
         raise ModelError(
             "model card 'task'", f"unknown task '{name}'", f"one of {', '.join(TASKS)}"
         )
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return TASKS[name].load_task_class()
 
 
 def __getattr__(name: str) -> Any:  # lazy: from geocmid.tasks import SegmentationTask
-    for task, target in TASKS.items():
-        if target.endswith(f":{name}"):
-            return task_class(task)
+    for record in TASKS.values():
+        if record.task_class.rsplit(".", 1)[1] == name:
+            return record.load_task_class()
     raise AttributeError(name)
 
 
@@ -97,4 +88,4 @@ def load_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
     return task.model.eval(), card
 
 
-__all__ = ["TASKS", "load_for_prediction", "load_task", "task_class"]
+__all__ = ["TASKS", "TaskRecord", "get_task", "load_for_prediction", "load_task", "task_class"]

@@ -120,8 +120,10 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
     Args:
         model: ``fcsiamdiff``, ``fcsiamconc``, ``changevit`` or ``unet`` (early fusion).
         backbone, weights, adapt_in_chans: the encoder (see :class:`SegmentationTask`).
-        in_channels: bands per date.
-        num_classes: 2 for binary change, more for kinds of change (index 0 = no change).
+        in_channels: bands per date (None: read from the datamodule in ``setup``).
+        num_classes: 2 for binary change, more for kinds of change (index 0 = no change; None:
+            from the data). ``classes``, ``bands``, ``mean``, ``std``, ``chip_size``: None = the
+            datamodule's.
         The other arguments are those of :class:`~geocmid.tasks.segmentation.SegmentationTask`.
     """
 
@@ -133,8 +135,8 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
         model: Literal["fcsiamdiff", "fcsiamconc", "changevit", "unet"] = "fcsiamdiff",
         backbone: str | None = "resnet50",
         weights: str | None = None,
-        in_channels: int = 3,
-        num_classes: int = 2,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
         labels: list[str] | None = None,
         classes: list[dict[str, Any]] | None = None,
         loss: Literal["ce", "focal", "dice", "jaccard"] = "ce",
@@ -147,7 +149,7 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
         patience: int = 10,
         freeze_backbone: bool = False,
         freeze_decoder: bool = False,
-        chip_size: int = 256,
+        chip_size: int | None = None,
         bands: list[str] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -161,7 +163,10 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
             freeze_backbone=freeze_backbone, freeze_decoder=freeze_decoder,
         )  # fmt: skip
 
-    def configure_models(self) -> None:
+    def hparam_defaults(self) -> dict[str, Any]:
+        return {"task": "multiclass"}
+
+    def build_model(self) -> None:
         hp = self.hparams
         self.source = load_encoder(
             self.weights, hp["backbone"] or None, hp["in_channels"], hp["chip_size"],
@@ -176,9 +181,8 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
         if hp["freeze_decoder"]:
             freeze(self.model.decoder)
 
-    def configure_metrics(self) -> None:
-        super().configure_metrics()
-        self.add_confusion_matrix()
+    def build_metrics(self) -> None:
+        super().build_metrics()
         for stage in ("train", "val", "test"):
             getattr(self, f"{stage}_metrics").add_metrics(
                 {"Change": ChangeBinary(self.hparams["ignore_index"])}

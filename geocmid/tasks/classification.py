@@ -54,13 +54,15 @@ class ClassificationTask(FinetuneMixin, Classification):
     Args:
         backbone: ``resnet18/34/50/101``, ``swin_tiny/small/base``, ``vit_small/base``.
         weights: geocmid export, CMID release / state dict, or None (random).
-        in_channels: bands; num_classes: classes; labels / classes: names / class table.
+        in_channels: bands; num_classes: classes; labels / classes: names / class table
+            (in_channels, num_classes, classes: None = read from the datamodule in ``setup``).
         loss: ``ce`` or ``focal``; class_weights: CE weight per class.
         lr, backbone_lr, weight_decay, scheduler, patience: optimisation (see
             :class:`~geocmid.tasks.segmentation.SegmentationTask`).
         freeze_backbone: linear probe (train the classifier only).
         drop_rate: dropout before the classifier.
-        chip_size, bands, mean, std: for the encoder geometry and the model card.
+        chip_size, bands, mean, std: for the encoder geometry and the model card (None: the
+            datamodule's).
     """
 
     card_task = "classification"
@@ -70,8 +72,8 @@ class ClassificationTask(FinetuneMixin, Classification):
         self,
         backbone: str | None = "resnet50",
         weights: str | None = None,
-        in_channels: int = 3,
-        num_classes: int = 2,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
         labels: list[str] | None = None,
         classes: list[dict[str, Any]] | None = None,
         loss: Literal["ce", "focal"] = "ce",
@@ -83,7 +85,7 @@ class ClassificationTask(FinetuneMixin, Classification):
         patience: int = 10,
         freeze_backbone: bool = False,
         drop_rate: float = 0.0,
-        chip_size: int = 64,
+        chip_size: int | None = None,
         bands: list[str] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -96,7 +98,11 @@ class ClassificationTask(FinetuneMixin, Classification):
             ignore_index=None, lr=lr, patience=patience, freeze_backbone=freeze_backbone,
         )  # fmt: skip
 
-    def configure_models(self) -> None:
+    def hparam_defaults(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {"task": "multiclass", "model": hp.get("backbone") or "", "ignore_index": None}
+
+    def build_model(self) -> None:
         hp = self.hparams
         self.source = load_encoder(
             self.weights, hp["backbone"] or None, hp["in_channels"], hp["chip_size"],
@@ -107,10 +113,6 @@ class ClassificationTask(FinetuneMixin, Classification):
         if hp["freeze_backbone"]:
             for part in encoder_part(self.model):
                 freeze(part)
-
-    def configure_metrics(self) -> None:
-        super().configure_metrics()
-        self.add_confusion_matrix()
 
     def encoder_modules(self) -> list[nn.Module]:
         return encoder_part(self.model)

@@ -1,20 +1,29 @@
 """What every geocmid fine-tuning task adds to its TorchGeo parent.
 
+:class:`DataArgsMixin` lets a task be configured without what the data determines: ``in_channels``,
+``num_classes``, ``classes``, ``bands``, ``mean``, ``std`` and ``chip_size`` may be None at
+construction. TorchGeo's ``BaseTask.__init__`` builds the network, losses and metrics at once;
+with those values missing that is deferred to the Lightning ``setup`` hook, which reads them from
+``trainer.datamodule`` (:meth:`geocmid.datamodules.base.CatalogDataModule.task_args`) and writes
+them into ``hparams``, so checkpoints carry them. The same config thus runs under ``geocmid fit``,
+``torchgeo fit`` / a plain ``LightningCLI`` (no argument links) and from Python
+(``trainer.fit(task, datamodule=dm)``).
+
 :class:`FinetuneMixin` sits in front of a TorchGeo task in the MRO and adds:
 
 * AdamW with separate learning rates for encoder and head (``backbone_lr``), frozen parameters
   left out, and a choice of scheduler (``plateau`` as TorchGeo, ``cosine`` per step, ``none``);
-* a confusion matrix in the val/test metric collections (rendered to PNG + CSV, and to
-  TensorBoard) and short metric aliases (``val_OA``, ``val_mIoU``, ``val_F1``) to monitor;
-* one panel of sample predictions per validation epoch (PNG, TensorBoard);
+* a confusion matrix in the val/test metric collections and short metric aliases (``val_OA``,
+  ``val_mIoU``, ``val_F1``) to monitor; the matrices and sample predictions are handed to
+  :class:`geocmid.tasks.reports.ReportCallback`, which renders them (PNG, CSV, TensorBoard);
 * the model card (task, classes, bands, normalisation, chip size) inside every checkpoint, so
   :func:`geocmid.tasks.load_for_prediction` needs nothing else.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +33,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from geocmid.errors import ConfigError, ModelError
 from geocmid.tasks.encoders import param_groups
 
 log = logging.getLogger(__name__)
@@ -39,14 +49,129 @@ ALIASES = {
     "AveragePrecision": "precision",
     "AverageRecall": "recall",
 }
+#: Task arguments the datamodule supplies when the config leaves them out (None).
+DATA_ARGS = ("in_channels", "num_classes", "classes", "bands", "mean", "std", "chip_size")
+#: Of those, the ones the network cannot be built without.
+BUILD_ARGS = ("in_channels", "num_classes", "chip_size")
 
 
-class FinetuneMixin:
+class DataArgsMixin:
+    """Deferred construction of a TorchGeo task until the data is known (see module docstring).
+
+    Subclasses implement :meth:`build_model` (instead of ``configure_models``) and may extend
+    :meth:`build_metrics` / :meth:`build_losses` (by default TorchGeo's ``configure_*``).
+    """
+
+    hparams: Any
+    _trainer: Any
+
+    # ---- what subclasses implement --------------------------------------------------------------
+    def build_model(self) -> None:
+        """Build ``self.model`` from complete hparams."""
+        raise NotImplementedError
+
+    def build_losses(self) -> None:
+        super().configure_losses()  # type: ignore[misc]
+
+    def build_metrics(self) -> None:
+        super().configure_metrics()  # type: ignore[misc]
+
+    def hparam_defaults(self) -> dict[str, Any]:
+        """Hparams a TorchGeo parent reads that this task's ``__init__`` derives itself (set
+        when missing: a Lightning CLI instantiation saves only the config's arguments)."""
+        return {}
+
+    # ---- TorchGeo's hooks, deferred while the data is unknown -----------------------------------
+    @property
+    def deferred(self) -> bool:
+        """True while a value the network needs (:data:`BUILD_ARGS`) is still unknown."""
+        return any(self.hparams.get(key) is None for key in BUILD_ARGS)
+
+    def complete_hparams(self) -> None:
+        hp = self.hparams
+        for key, value in self.hparam_defaults().items():
+            if hp.get(key) is None:
+                hp[key] = value
+        # the TorchGeo parent's own defaults (num_labels, pos_weight, ...) for keys it reads
+        for cls in type(self).__mro__:
+            if not cls.__module__.startswith("torchgeo.") or "__init__" not in cls.__dict__:
+                continue
+            for name, param in inspect.signature(cls.__init__).parameters.items():
+                if name != "self" and name not in hp and param.default is not param.empty:
+                    hp[name] = param.default
+        if hp.get("labels", "absent") is None and hp.get("classes"):
+            hp["labels"] = [c["name"] if isinstance(c, dict) else str(c) for c in hp["classes"]]
+
+    def configure_models(self) -> None:
+        self.complete_hparams()
+        if not self.deferred:
+            self.build_model()
+
+    def configure_losses(self) -> None:
+        if not self.deferred:
+            self.build_losses()
+
+    def configure_metrics(self) -> None:
+        if not self.deferred:
+            self.build_metrics()
+
+    def setup(self, stage: str) -> None:
+        """Fill the data-derived arguments from ``trainer.datamodule``, then build what was
+        deferred (Lightning calls this after the datamodule's own ``setup``)."""
+        super().setup(stage)  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        self.attach_data(getattr(trainer, "datamodule", None))
+
+    def attach_data(self, datamodule: Any) -> None:
+        """Complete the task from ``datamodule`` (anything with ``task_args()``) and build
+        what was deferred; without one, every value the network needs must already be set.
+
+        Raises:
+            ConfigError: values still missing; ModelError: given values contradict the data.
+        """
+        was_deferred = self.deferred
+        if datamodule is not None and callable(getattr(datamodule, "task_args", None)):
+            self.fill_from_data(datamodule.task_args(), type(datamodule).__name__)
+        if self.deferred:
+            missing = [k for k in BUILD_ARGS if self.hparams.get(k) is None]
+            raise ConfigError(
+                f"task {type(self).__name__}",
+                f"{', '.join(missing)} not given, and no geocmid datamodule to read them from",
+                "set them in model.init_args, or train with a geocmid datamodule "
+                "(trainer.fit(task, datamodule=dm))",
+            )
+        if was_deferred:
+            self.complete_hparams()
+            self.build_model()
+            self.build_losses()
+            self.build_metrics()
+
+    def fill_from_data(self, values: dict[str, Any], where: str = "the data") -> None:
+        """Set every data-derived hparam that is None from ``values``; an explicitly given band
+        or class count that differs from the data's is a :class:`ModelError`."""
+        hp = self.hparams
+        for key in DATA_ARGS:
+            value = values.get(key)
+            if value is None:
+                continue
+            given = hp.get(key)
+            if given is None:
+                hp[key] = value
+            elif key in ("in_channels", "num_classes") and int(given) != int(value):
+                what = "bands" if key == "in_channels" else "classes"
+                raise ModelError(
+                    f"setting 'model.init_args.{key}'",
+                    f"is {given} but the data ({where}) has {value} {what}",
+                    f"leave model.init_args.{key} out: it is read from the data",
+                )
+
+
+class FinetuneMixin(DataArgsMixin):
     """Mixed into :class:`SegmentationTask`, :class:`ChangeTask` and :class:`ClassificationTask`.
 
     Expects hparams ``lr``, ``backbone_lr``, ``weight_decay``, ``scheduler``, ``patience``,
     ``num_classes``, ``classes``, ``bands``, ``mean``, ``std``, ``chip_size``, ``ignore_index``.
-    Subclasses implement :meth:`encoder_modules` and :attr:`card_task`.
+    Subclasses implement :meth:`build_model`, :meth:`encoder_modules` and :attr:`card_task`.
     """
 
     card_task: str = ""
@@ -84,6 +209,10 @@ class FinetuneMixin:
                 return optimizer
 
     # ---- metrics ------------------------------------------------------------------------------
+    def build_metrics(self) -> None:
+        super().build_metrics()
+        self.add_confusion_matrix()
+
     def add_confusion_matrix(self) -> None:
         """Add a confusion matrix to the val/test collections built by TorchGeo's mixin."""
         k = self.hparams["num_classes"]
@@ -106,8 +235,18 @@ class FinetuneMixin:
         self.log_dict(values)  # type: ignore[attr-defined]
         if stage == "train" or getattr(self.trainer, "sanity_checking", False):
             return
-        for matrix in matrices.values():
-            self._write_confusion(stage, matrix)
+        # rendered by ReportCallback.on_{validation,test}_end
+        self.report_state[stage] = {
+            "confusion": [m.detach().cpu().numpy() for m in matrices.values()],
+            "epoch": int(self.trainer.current_epoch),
+        }
+
+    @property
+    def report_state(self) -> dict[str, dict[str, Any]]:
+        """Per stage, what the last epoch left for the reports (confusion matrices)."""
+        if "_report_state" not in self.__dict__:
+            self.__dict__["_report_state"] = {}
+        return self.__dict__["_report_state"]
 
     def extra_metrics(self, stage: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """Task-specific derived metrics (e.g. change F1); none by default."""
@@ -121,21 +260,28 @@ class FinetuneMixin:
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage("val")
-        self._write_samples("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_stage("test")
-        self._write_samples("test")
 
-    # ---- reports ------------------------------------------------------------------------------
-    @property
-    def report_dir(self) -> Path | None:
-        """``<log dir>/reports`` of the first logger, or ``<default_root_dir>/reports``."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return None
-        root = trainer.log_dir or trainer.default_root_dir
-        return Path(root) / "reports"
+    # ---- what the reports show ----------------------------------------------------------------
+    def report_samples(self, batch: dict[str, Any], n: int = 4) -> dict[str, Tensor]:
+        """Up to ``n`` samples of ``batch`` with their predictions, on the CPU: ``image``,
+        ``target`` and ``prediction`` (class indices), for the sample panels."""
+        with torch.no_grad():
+            logits = self.predict_logits(batch["image"][:n])
+        return {
+            "image": batch["image"][:n].detach().cpu(),
+            "target": self.target_of(batch)[:n].detach().cpu(),
+            "prediction": logits.argmax(1).cpu(),
+        }
+
+    def predict_logits(self, image: Tensor) -> Tensor:
+        """Logits ``[B, K, ...]`` for a batch image as the dataloader yields it."""
+        return self.model(image)
+
+    def target_of(self, batch: dict[str, Any]) -> Tensor:
+        return batch["mask"]
 
     def class_names(self) -> list[str]:
         classes = self.hparams.get("classes") or []
@@ -151,81 +297,9 @@ class FinetuneMixin:
             return colors
         return [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(self.hparams["num_classes"])]
 
-    def _write_confusion(self, stage: str, matrix: Tensor) -> None:
-        from geocmid.tasks.reports import confusion_figure, write_confusion_csv
-
-        out = self.report_dir
-        if out is None or not self._is_global_zero():
-            return
-        epoch = self.trainer.current_epoch
-        names = self.class_names()
-        out.mkdir(parents=True, exist_ok=True)
-        write_confusion_csv(matrix.cpu().numpy(), names, out / f"confusion_{stage}.csv")
-        fig = confusion_figure(matrix.cpu().numpy(), names, title=f"{stage}, epoch {epoch}")
-        fig.savefig(out / f"confusion_{stage}.png", dpi=100)
-        self._to_tensorboard(f"{stage}/confusion_matrix", fig)
-
-    def remember_samples(self, stage: str, batch: dict[str, Any], batch_idx: int) -> None:
-        """Keep up to 4 samples of the first batch with their predictions for the panel."""
-        if batch_idx != 0 or getattr(self.trainer, "sanity_checking", False):
-            return
-        with torch.no_grad():
-            logits = self.predict_logits(batch["image"][:4])
-        self._samples = {
-            "image": batch["image"][:4].detach().cpu(),
-            "target": self.target_of(batch)[:4].detach().cpu(),
-            "prediction": logits.argmax(1).cpu(),
-        }
-
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *_: Any) -> None:
-        self.remember_samples("val", batch, batch_idx)
-
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *_: Any) -> None:
-        self.remember_samples("test", batch, batch_idx)
-
-    def predict_logits(self, image: Tensor) -> Tensor:
-        """Logits ``[B, K, ...]`` for a batch image as the dataloader yields it."""
-        return self.model(image)
-
-    def target_of(self, batch: dict[str, Any]) -> Tensor:
-        return batch["mask"]
-
-    def _write_samples(self, stage: str) -> None:
-        from geocmid.tasks.reports import sample_panel
-
-        samples = getattr(self, "_samples", None)
-        out = self.report_dir
-        if samples is None or out is None or not self._is_global_zero():
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        fig = sample_panel(
-            samples["image"], samples["target"], samples["prediction"],
-            self.class_names(), self.class_colors(), self.rgb_indices(),
-            ignore_index=self.hparams["ignore_index"],
-        )  # fmt: skip
-        fig.savefig(out / f"samples_{stage}.png", dpi=80)
-        self._to_tensorboard(f"{stage}/samples", fig)
-        self._samples = None
-
     def rgb_indices(self) -> list[int]:
         """Band indices shown as red, green, blue in panels (named ones if possible)."""
-        bands = [str(b).lower() for b in self.hparams.get("bands") or []]
-        if all(b in bands for b in ("red", "green", "blue")):
-            return [bands.index(b) for b in ("red", "green", "blue")]
-        n = self.hparams["in_channels"]
-        return [0, 1, 2] if n >= 3 else [0]
-
-    def _to_tensorboard(self, tag: str, fig: Any) -> None:
-        import matplotlib.pyplot as plt
-
-        for logger in getattr(self.trainer, "loggers", []):
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure(tag, fig, global_step=self.trainer.global_step, close=False)
-        plt.close(fig)
-
-    def _is_global_zero(self) -> bool:
-        return bool(getattr(self.trainer, "is_global_zero", True))
+        return rgb_indices(self.hparams.get("bands"), self.hparams["in_channels"])
 
     # ---- model card ---------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
@@ -249,6 +323,14 @@ class FinetuneMixin:
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CARD_KEY] = self.model_card()
+
+
+def rgb_indices(bands: list[str] | None, in_channels: int) -> list[int]:
+    """Indices of the red, green, blue bands when named so, else the first three (or one)."""
+    names = [str(b).lower() for b in bands or []]
+    if all(b in names for b in ("red", "green", "blue")):
+        return [names.index(b) for b in ("red", "green", "blue")]
+    return [0, 1, 2] if in_channels >= 3 else [0]
 
 
 class ChangeBinary(Metric):

@@ -4,13 +4,18 @@
 dict) and replaces its model with :func:`~geocmid.tasks.detection_model.build_detector`, whose
 encoder comes from :func:`geocmid.tasks.encoders.load_encoder` (geocmid export, CMID release or
 random). Validation / test compute mAP over the whole epoch (``val_map`` = mAP@0.5:0.95,
-``val_map_50`` = mAP@0.5, torchmetrics' COCO evaluation) and write a panel of sample
-predictions to ``<log dir>/reports/detections_<stage>.png``. Checkpoints carry a model card,
-so :func:`load_detector_for_prediction` needs nothing but the checkpoint.
+``val_map_50`` = mAP@0.5, torchmetrics' COCO evaluation);
+:class:`~geocmid.tasks.reports.ReportCallback` draws a panel of sample predictions into
+``<log dir>/reports/detections_<stage>.png``. The data-derived arguments (``in_channels``,
+``num_classes``, ``classes``, ``bands``, ``mean``, ``std``, ``chip_size``) may be left out: they
+are read from the datamodule in ``setup`` (:class:`~geocmid.tasks.common.DataArgsMixin`).
+Checkpoints carry a model card, so :func:`load_detector_for_prediction` needs nothing but the
+checkpoint.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +30,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.detection.mean_ap import MeanAveragePrecision
 
 from geocmid.errors import ConfigError, ModelError
+from geocmid.tasks.common import DataArgsMixin, rgb_indices
 from geocmid.tasks.detection_model import (
     DEFAULT_ANCHORS,
     DetectorForPrediction,
@@ -41,7 +47,7 @@ CARD_KEY = "geocmid_card"
 _PALETTE = ["#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3"]
 
 
-class DetectionTask(ObjectDetection):
+class DetectionTask(DataArgsMixin, ObjectDetection):
     """Faster R-CNN / RetinaNet / FCOS with a CMID ResNet encoder.
 
     Args:
@@ -49,14 +55,15 @@ class DetectionTask(ObjectDetection):
         backbone: ResNet name (``resnet18/34/50/101``); may be omitted with a geocmid export.
         weights: encoder weights: geocmid export (``.safetensors`` + card), CMID release /
             state dict (``.pth``), or None for random initialisation.
-        in_channels: bands of the data (checked against the encoder).
-        num_classes: object classes + 1 (background).
+        in_channels: bands of the data (checked against the encoder; None: the datamodule's).
+        num_classes: object classes + 1 (background; None: the datamodule's).
         classes: class names (or ``{"name": ...}`` dicts) in label order: the K object
             classes (label k ↔ ``classes[k - 1]``), or all ``num_classes`` with the
-            background first (as ``geocmid fit`` passes them).
-        bands: band names (for the model card).
-        mean, std: per-band normalisation (raw units) the chips were normalised with (card).
-        chip_size: training chip edge in pixels (card).
+            background first (as the datamodule gives them; None: the datamodule's).
+        bands: band names (for the model card; None: the datamodule's).
+        mean, std: per-band normalisation (raw units) the chips were normalised with (card;
+            None: the datamodule's).
+        chip_size: training chip edge in pixels (card; None: the datamodule's).
         anchor_sizes: base anchor edge per pyramid level, pixels (strides 4..128).
         lr: learning rate of the head; ``backbone_lr``: of the encoder (default ``lr``).
         weight_decay: AdamW weight decay.
@@ -82,13 +89,13 @@ class DetectionTask(ObjectDetection):
         model: str = "faster-rcnn",
         backbone: str | None = "resnet50",
         weights: str | None = None,
-        in_channels: int = 3,
-        num_classes: int = 2,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
         classes: Sequence[str | dict[str, Any]] | None = None,
         bands: Sequence[str] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        chip_size: int = 128,
+        chip_size: int | None = None,
         anchor_sizes: Sequence[int] = DEFAULT_ANCHORS,
         lr: float = 1e-4,
         backbone_lr: float | None = None,
@@ -105,7 +112,11 @@ class DetectionTask(ObjectDetection):
         if scheduler not in ("plateau", "cosine", "none"):
             raise ConfigError("setting 'scheduler'", f"unknown scheduler '{scheduler}'",
                               "use plateau, cosine or none")  # fmt: skip
-        if classes is not None and len(classes) not in (num_classes - 1, num_classes):
+        if (
+            classes is not None
+            and num_classes is not None
+            and len(classes) not in (num_classes - 1, num_classes)
+        ):
             raise ConfigError(
                 "setting 'classes'", f"names {len(classes)} classes but num_classes is "
                 f"{num_classes} (object classes + background)", "make them agree",
@@ -119,7 +130,7 @@ class DetectionTask(ObjectDetection):
         super(ObjectDetection, self).__init__()
 
     # ---- model ----------------------------------------------------------------------------------
-    def configure_models(self) -> None:
+    def build_model(self) -> None:
         hp = self.hparams
         source = load_encoder(
             hp["weights"], hp["backbone"], hp["in_channels"], img_size=hp["chip_size"],
@@ -145,7 +156,10 @@ class DetectionTask(ObjectDetection):
         """The geocmid backbone inside the detector (``.model`` holds the timm weights)."""
         return encoder_of(self.model)
 
-    def configure_metrics(self) -> None:
+    def build_losses(self) -> None:
+        """The torchvision detectors compute their own losses."""
+
+    def build_metrics(self) -> None:
         # COCO evaluation over the whole epoch: per-batch mAPs averaged would not be an mAP
         metrics = MetricCollection(
             {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox")}
@@ -193,14 +207,21 @@ class DetectionTask(ObjectDetection):
         targets = self.targets(batch)
         predictions = self.model(batch["image"])
         getattr(self, f"{stage}_metrics").update(predictions, targets)
-        if batch_idx == 0 and not getattr(self.trainer, "sanity_checking", False):
-            self._samples = {
-                "images": batch["image"][:4].detach().cpu(),
-                "targets": [{k: v.cpu() for k, v in t.items()} for t in targets[:4]],
-                "predictions": [
-                    {k: v.detach().cpu() for k, v in p.items()} for p in predictions[:4]
-                ],
-            }
+
+    def report_samples(self, batch: dict[str, Any], n: int = 4) -> dict[str, Any]:
+        """Up to ``n`` chips of ``batch`` with reference and predicted boxes, on the CPU (for
+        :class:`~geocmid.tasks.reports.ReportCallback`)."""
+        batch = {k: batch[k][:n] for k in ("image", "bbox_xyxy", "label")}
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            predictions = self.model(batch["image"])
+        self.model.train(was_training)
+        return {
+            "images": batch["image"].detach().cpu(),
+            "targets": [{k: v.cpu() for k, v in t.items()} for t in self.targets(batch)],
+            "predictions": [{k: v.detach().cpu() for k, v in p.items()} for p in predictions],
+        }
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -220,7 +241,6 @@ class DetectionTask(ObjectDetection):
         scalars = {k: v for k, v in values.items() if isinstance(v, Tensor) and v.numel() == 1}
         scalars.pop(f"{stage}_classes", None)
         self.log_dict({k: v.float() for k, v in scalars.items()}, sync_dist=True)
-        self._write_panel(stage)
 
     def on_validation_epoch_end(self) -> None:
         self._end_epoch("val")
@@ -229,32 +249,9 @@ class DetectionTask(ObjectDetection):
         self._end_epoch("test")
 
     # ---- reports and card -------------------------------------------------------------------
-    @property
-    def report_dir(self) -> Path | None:
-        """``<log dir>/reports`` (or ``<default_root_dir>/reports``) while attached to a trainer."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return None
-        return Path(trainer.log_dir or trainer.default_root_dir) / "reports"
-
     def rgb_indices(self) -> list[int]:
-        bands = [str(b).lower() for b in self.hparams.get("bands") or []]
-        if all(b in bands for b in ("red", "green", "blue")):
-            return [bands.index(b) for b in ("red", "green", "blue")]
-        return [0, 1, 2] if self.hparams["in_channels"] >= 3 else [0]
-
-    def _write_panel(self, stage: str) -> None:
-        from geocmid.tasks.detection_panels import save_panels
-
-        samples, out = self._samples, self.report_dir
-        self._samples = None
-        if samples is None or out is None or not getattr(self.trainer, "is_global_zero", True):
-            return
-        save_panels(
-            out / f"detections_{stage}.png", samples["images"], samples["targets"],
-            samples["predictions"], self.object_classes(),
-            min_score=self.hparams["panel_score"], rgb=self.rgb_indices(),
-        )  # fmt: skip
+        """Band indices drawn as red, green, blue on the sample panels."""
+        return rgb_indices(self.hparams.get("bands"), self.hparams["in_channels"])
 
     def object_classes(self) -> list[str]:
         """Names of labels 1..K (whatever form ``classes`` was given in)."""
@@ -306,7 +303,8 @@ def load_detector_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dic
     if not card or card.get("task") != "detection":
         raise ModelError(f"checkpoint '{path}'", "is not a geocmid detection checkpoint",
                          "pass a checkpoint written by training a DetectionTask")  # fmt: skip
-    hparams = dict(ckpt["hyper_parameters"])
+    accepted = set(inspect.signature(DetectionTask.__init__).parameters) - {"self"}
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
     hparams["weights"] = None  # every weight, encoder included, comes from the state dict
     hparams["backbone"] = card["backbone"]
     task = DetectionTask(**hparams)
@@ -331,29 +329,17 @@ def build_detection_task(config: dict[str, Any], datamodule: Any = None) -> Dete
     """A :class:`DetectionTask` from the ``model`` config section, completed from the data.
 
     ``in_channels``, ``num_classes``, ``classes``, ``bands``, ``mean``, ``std`` and
-    ``chip_size`` are taken from ``datamodule`` when it is given and the config leaves them out.
-    With a geocmid export as ``weights`` and no explicit ``mean``/``std`` for the data, build
-    the datamodule with the card's statistics first (see :func:`build_detection`).
+    ``chip_size`` are taken from ``datamodule`` (set up here) when it is given and the config
+    leaves them out, so the returned task is built; without a datamodule they are read in
+    ``setup`` when training starts.
     """
     args = dict(config.get("init_args", config))
     args.pop("class_path", None)
+    task = DetectionTask(**args)
     if datamodule is not None:
         datamodule.setup("fit")
-        mean, std = datamodule.normalisation
-        derived = {
-            "in_channels": datamodule.in_chans, "num_classes": datamodule.num_classes,
-            "classes": datamodule.class_names, "bands": datamodule.bands, "mean": mean,
-            "std": std, "chip_size": datamodule.hparams.chip_size,
-        }  # fmt: skip
-        for key, value in derived.items():
-            args.setdefault(key, value)
-        if args["in_channels"] != datamodule.in_chans:
-            raise ModelError(
-                "setting 'model.in_channels'",
-                f"is {args['in_channels']} but the imagery has {datamodule.in_chans} bands",
-                "leave in_channels out (it is read from the data)",
-            )  # fmt: skip
-    return DetectionTask(**args)
+        task.attach_data(datamodule)
+    return task
 
 
 def build_detection(
@@ -362,28 +348,14 @@ def build_detection(
     """Task and datamodule together; a geocmid export's normalisation is used for the data.
 
     Chips are normalised with the encoder's card statistics when ``model.weights`` is a geocmid
-    export whose card has them and ``data`` gives no ``mean``/``std`` (the encoder learnt its
-    features on data normalised that way).
+    export whose card has them and ``data`` gives no ``mean``/``std``/``stats_from`` (the
+    encoder learnt its features on data normalised that way).
     """
-    from geocmid.tasks.encoders import card_normalisation, is_export
-
     model_args = dict(model_config.get("init_args", model_config))
-    datamodule = build_detection_datamodule(data_config)
+    data_args = dict(data_config.get("init_args", data_config))
+    data_args.pop("class_path", None)
     weights = model_args.get("weights")
-    if weights and is_export(str(weights)) and datamodule.mean is None:
-        from geocmid.models.weights import load_backbone
-
-        _, card = load_backbone(str(weights))
-        bands = datamodule.imagery_bands()
-        if int(card["in_chans"]) != len(bands):
-            raise ModelError(
-                f"model card of '{weights}'",
-                f"the encoder was trained on {card['in_chans']} bands "
-                f"({', '.join(map(str, card.get('bands') or []))}) but the data has "
-                f"{len(bands)} ({', '.join(bands)})",
-                "fine-tune on imagery with the same bands, or start from other weights",
-            )
-        stats = card_normalisation(card)
-        if stats is not None:
-            datamodule.mean, datamodule.std = stats
+    if weights and not any(data_args.get(k) is not None for k in ("mean", "std", "stats_from")):
+        data_args["stats_from"] = str(weights)
+    datamodule = build_detection_datamodule(data_args)
     return build_detection_task(model_args, datamodule), datamodule

@@ -1,13 +1,18 @@
 """Metric reports: confusion matrices (PNG, CSV) and panels of sample predictions (PNG).
 
-Figures use matplotlib's Agg backend (no display needed); callers save and close them.
+:class:`ReportCallback` writes them for every validation and test run of a fine-tuning task into
+``<log dir>/reports`` (and to TensorBoard); ``geocmid fit`` adds it by default, a Lightning CLI
+config lists it under ``trainer.callbacks``. Figures use matplotlib's Agg backend (no display
+needed).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,9 +20,12 @@ matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 
 import matplotlib.pyplot as plt
 import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 def write_confusion_csv(matrix: np.ndarray, names: Sequence[str], path: Path) -> None:
@@ -137,3 +145,113 @@ def sample_panel(
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=7)
     fig.tight_layout(rect=(0, 0.05 if dense else 0, 1, 1))
     return fig
+
+
+class ReportCallback(Callback):
+    """Confusion matrices and sample panels of each validation / test run.
+
+    Writes into ``<log dir>/reports`` (``trainer.log_dir``, else ``default_root_dir``), on the
+    global-zero rank only, replacing the previous epoch's files:
+
+    * ``confusion_{val,test}.png`` / ``.csv`` (rows = reference, columns = predicted);
+    * ``samples_{val,test}.png``: up to ``max_samples`` chips of the first batch with reference
+      and prediction (detection tasks: ``detections_{val,test}.png``, boxes drawn);
+
+    and sends the figures to TensorBoard when a TensorBoard logger is attached. Works with
+    tasks that offer ``report_samples(batch, n)`` (geocmid's fine-tuning tasks); other modules
+    are left alone. Confusion matrices come from the task's ``report_state`` (filled when its
+    epoch metrics are computed).
+
+    Args:
+        max_samples: chips per sample panel.
+        every_n_epochs: write during training every N epochs (test runs: always).
+    """
+
+    def __init__(self, max_samples: int = 4, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        self.max_samples = max_samples
+        self.every_n_epochs = max(1, every_n_epochs)
+        self._samples: dict[str, Any] = {}
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._remember(trainer, pl_module, "val", batch, batch_idx)
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._remember(trainer, pl_module, "test", batch, batch_idx)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
+    # ---- work ---------------------------------------------------------------------------------
+    def _active(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> bool:
+        if trainer.sanity_checking or not callable(getattr(pl_module, "report_samples", None)):
+            return False
+        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
+
+    def _remember(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx != 0 or not self._active(trainer, pl_module, stage):
+            return
+        if not trainer.is_global_zero:
+            return
+        self._samples[stage] = pl_module.report_samples(batch, self.max_samples)  # type: ignore[operator]
+
+    def report_dir(self, trainer: Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / "reports"
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        samples = self._samples.pop(stage, None)
+        state = getattr(pl_module, "report_state", {}).pop(stage, None)
+        if not self._active(trainer, pl_module, stage) or not trainer.is_global_zero:
+            return
+        out = self.report_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        epoch = trainer.current_epoch
+        if getattr(pl_module, "card_task", "") == "detection":
+            if samples is not None:
+                self._detection_panel(trainer, pl_module, stage, samples, out)
+            return
+        names = pl_module.class_names()  # type: ignore[operator]
+        for matrix in (state or {}).get("confusion", []):
+            write_confusion_csv(matrix, names, out / f"confusion_{stage}.csv")
+            fig = confusion_figure(matrix, names, title=f"{stage}, epoch {epoch}")
+            fig.savefig(out / f"confusion_{stage}.png", dpi=100)
+            self._to_tensorboard(trainer, f"{stage}/confusion_matrix", fig)
+        if samples is not None:
+            fig = sample_panel(
+                samples["image"], samples["target"], samples["prediction"], names,
+                pl_module.class_colors(), pl_module.rgb_indices(),  # type: ignore[operator]
+                ignore_index=pl_module.hparams.get("ignore_index"),
+            )  # fmt: skip
+            fig.savefig(out / f"samples_{stage}.png", dpi=80)
+            self._to_tensorboard(trainer, f"{stage}/samples", fig)
+
+    def _detection_panel(
+        self, trainer: Trainer, pl_module: Any, stage: str, samples: dict[str, Any], out: Path
+    ) -> None:
+        from geocmid.tasks.detection_panels import save_panels
+
+        save_panels(
+            out / f"detections_{stage}.png", samples["images"], samples["targets"],
+            samples["predictions"], pl_module.object_classes(),
+            min_score=pl_module.hparams["panel_score"], rgb=pl_module.rgb_indices(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _to_tensorboard(trainer: Trainer, tag: str, fig: Figure) -> None:
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+        plt.close(fig)

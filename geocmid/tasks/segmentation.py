@@ -97,10 +97,10 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
         backbone: ``resnet18/34/50/101``, ``swin_tiny/small/base`` (may be omitted with an
             export: the card says).
         weights: geocmid export (``.safetensors``), CMID release / state dict, or None (random).
-        in_channels: bands of the imagery.
-        num_classes: classes (logit channels), unlabelled pixels excluded.
+        in_channels: bands of the imagery (None: read from the datamodule in ``setup``).
+        num_classes: classes (logit channels), unlabelled pixels excluded (None: from the data).
         labels: class names (metric names); filled from ``classes`` when omitted.
-        classes: class table ``[{value, name, color}]`` for the model card.
+        classes: class table ``[{value, name, color}]`` for the model card (None: from the data).
         loss: ``ce``, ``focal``, ``dice`` or ``jaccard``.
         class_weights: CE weight per class (rare classes up-weighted).
         ignore_index: label index left out of loss and metrics (255: unlabelled).
@@ -108,8 +108,10 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
         weight_decay: AdamW weight decay.
         scheduler: ``plateau``, ``cosine`` or ``none``; ``patience`` for plateau.
         freeze_backbone: train the decoder only; ``freeze_decoder``: the head only.
-        chip_size: chip edge in pixels (Swin windows are built for it; model card).
-        bands, mean, std: band names and normalisation statistics (raw units) for the card.
+        chip_size: chip edge in pixels (Swin windows are built for it; model card; None: the
+            datamodule's).
+        bands, mean, std: band names and normalisation statistics (raw units) for the card
+            (None: the datamodule's, i.e. what the chips are actually normalised with).
         adapt_in_chans: let a release checkpoint with another band count adapt its stem.
     """
 
@@ -121,8 +123,8 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
         model: Literal["unet", "upernet", "fpn", "deeplabv3+"] = "unet",
         backbone: str | None = "resnet50",
         weights: str | None = None,
-        in_channels: int = 3,
-        num_classes: int = 2,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
         labels: list[str] | None = None,
         classes: list[dict[str, Any]] | None = None,
         loss: Literal["ce", "focal", "dice", "jaccard"] = "ce",
@@ -135,7 +137,7 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
         patience: int = 10,
         freeze_backbone: bool = False,
         freeze_decoder: bool = False,
-        chip_size: int = 256,
+        chip_size: int | None = None,
         bands: list[str] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -149,7 +151,10 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
             freeze_backbone=freeze_backbone, freeze_decoder=freeze_decoder,
         )  # fmt: skip
 
-    def configure_models(self) -> None:
+    def hparam_defaults(self) -> dict[str, Any]:
+        return {"task": "multiclass"}
+
+    def build_model(self) -> None:
         hp = self.hparams
         self.source = load_encoder(
             self.weights, hp["backbone"] or None, hp["in_channels"], hp["chip_size"],
@@ -164,10 +169,6 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
             freeze(self.model.encoder)
         if hp["freeze_decoder"]:
             freeze(self.model.decoder)
-
-    def configure_metrics(self) -> None:
-        super().configure_metrics()
-        self.add_confusion_matrix()
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.encoder]

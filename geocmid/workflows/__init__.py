@@ -2,7 +2,8 @@
 
 ``geocmid.workflows.config`` holds the configuration system (Lightning CLI configs, the
 ``class_path`` allow-list, ``KEY=VALUE`` overrides, :class:`GeocmidCLI`);
-``geocmid.workflows.training`` runs fine-tuning and evaluation (:func:`fit`). Nothing here
+``geocmid.workflows.training`` runs fine-tuning and evaluation (:func:`fit`),
+``geocmid.workflows.pretrain`` CMID pretraining (:func:`pretrain`). Nothing here
 imports ``geocmid.cli`` or ``geocmid.recipes``; both import from here. Heavy modules (torch,
 Lightning) are imported on first use, so ``import geocmid.workflows`` stays instant.
 """
@@ -21,6 +22,8 @@ _LAZY = {
     "parse_overrides": "geocmid.workflows.config",
     "FitResult": "geocmid.workflows.training",
     "fit": "geocmid.workflows.training",
+    "PretrainResult": "geocmid.workflows.pretrain",
+    "pretrain": "geocmid.workflows.pretrain",
 }
 
 

@@ -6,6 +6,8 @@ GeocmidCLI``); it lives in its own module so that reading configs does not impor
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,14 @@ class GeocmidCLI(LightningCLI):
         )
 
     # --------------------------------------------------------------------------------------------
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """As LightningCLI's; a config given as a dict does not warn about ``sys.argv`` (which
+        holds the geocmid command's own options)."""
+        with warnings.catch_warnings():
+            if isinstance(args, Mapping):
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with geocmid's loggers and default callbacks filled in."""
         config = dict(self._get(self.config_init, "trainer", default={}) or {})
@@ -141,7 +151,7 @@ class GeocmidCLI(LightningCLI):
             extra.append(best_checkpoint(root, monitor))
         from geocmid.tasks.reports import ReportCallback
 
-        wants_reports = callable(getattr(self.model, "report_state", None))
+        wants_reports = callable(getattr(self.model, "report_samples", None))
         if wants_reports and not any(isinstance(c, ReportCallback) for c in present):
             extra.append(ReportCallback())
         return extra

@@ -26,6 +26,7 @@ from geocmid.tasks.detection import (
     load_detector_for_prediction,
 )
 from geocmid.tasks.encoders import encoder_differences
+from geocmid.tasks.reports import ReportCallback
 from tests.rasters import smooth_field, write_raster
 from tests.tasks.detection_data import rectangles_catalog
 
@@ -201,7 +202,7 @@ def test_learns_rectangles_and_reloads_for_prediction(tmp_path: Path, one_thread
             "chip_size": 128, "block_size": 1.5, "batch_size": 4, "chips_per_epoch": 120,
             "eval_chips": 8}  # fmt: skip
     task, dm = build_detection({**MODEL, "lr": 5e-4}, data)
-    trainer = _trainer(tmp_path / "run", max_epochs=1)
+    trainer = _trainer(tmp_path / "run", max_epochs=1, callbacks=[ReportCallback()])
     trainer.fit(task, dm)
     map50 = float(trainer.callback_metrics["val_map_50"])
     assert map50 > 0.3, f"mAP@0.5 {map50:.3f} after 30 steps"

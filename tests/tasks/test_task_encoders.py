@@ -70,7 +70,8 @@ def test_changevit_takes_a_vit_encoder(tmp_path: Path) -> None:
                       num_classes=2, chip_size=32)  # fmt: skip
     assert encoder_differences(vit, task.model.encoder) == []
     with pytest.raises(ConfigError, match="ViT"):
-        ChangeTask(model="changevit", backbone="resnet18", in_channels=3, chip_size=32)
+        ChangeTask(model="changevit", backbone="resnet18", in_channels=3, num_classes=2,
+                   chip_size=32)  # fmt: skip
 
 
 def test_classifier_starts_from_the_export_and_probes_linearly(rgb_export: Path) -> None:
@@ -100,4 +101,5 @@ def test_band_count_mismatch_is_a_clear_error(rgb_export: Path) -> None:
         SegmentationTask(weights=str(rgb_export), backbone=None, in_channels=4, num_classes=2,
                          chip_size=64)  # fmt: skip
     with pytest.raises(ModelError, match="resnet18"):
-        SegmentationTask(weights=str(rgb_export), backbone="resnet50", in_channels=3, chip_size=64)
+        SegmentationTask(weights=str(rgb_export), backbone="resnet50", in_channels=3,
+                         num_classes=2, chip_size=64)  # fmt: skip

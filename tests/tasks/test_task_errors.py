@@ -57,7 +57,8 @@ def test_cli_band_mismatch_exits_2(clear_catalog: Path, tmp_path: Path, capsys) 
     ("sets", "message"),
     [
         (["model.class_path=segmentatoin"], "did you mean 'segmentation'"),
-        (["model.model=unett"], "unknown decoder 'unett'"),
+        (["model.model=unett"], "model.init_args.model: must be one of 'unet', 'upernet'"),
+        (["model.lrr=1e-3"], "has no argument 'lrr' (did you mean 'lr'?)"),
         (["data.block_size=1.0", "data.chip_size=64"], "narrower than 1.5 chips hold no chip"),
     ],
 )

@@ -1,0 +1,25 @@
+"""A small demo dataset (``geocmid demo-data``) shared by the workflow tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from geocmid.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+#: Options that make a fine-tuning config a seconds-long fast_dev_run on 2 busy cores.
+TINY = {"data.init_args.chip_size": 32, "data.init_args.batch_size": 2}
+
+torch.set_num_threads(1)  # tiny models: threads cost more than they give on shared CPUs
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The catalog folder of a 160-px demo dataset (imagery, labels, pair, boxes, scenes)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo-data", str(out), "--size", "160"]) == 0
+    return out / "catalog"
