@@ -111,7 +111,9 @@ def register(subparsers: Any) -> None:
             help="encoder weights (model.weights): a geocmid export or a CMID release; an "
             "export's card statistics also normalise the data (data.stats_from)",
         )
-        p.add_argument("--backbone", help="encoder architecture (model.backbone)")
+        p.add_argument(
+            "--backbone", help="encoder architecture (model.backbone; null: from the export card)"
+        )
         p.add_argument("--max-epochs", type=int, help="trainer.max_epochs")
         p.add_argument("--lr", type=float, help="head learning rate (model.lr)")
         p.add_argument(
@@ -125,13 +127,13 @@ def register(subparsers: Any) -> None:
 
 def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """``--set`` items, then Lightning-style options, then the shortcut flags, as pairs."""
-    from geocmid.workflows.config import parse_overrides
+    from geocmid.workflows.config import parse_overrides, parse_value
 
     pairs = parse_overrides(args.overrides, "--set")
     pairs += parse_overrides(getattr(args, "lightning_overrides", []), "option")
     shortcuts = {
         "trainer.default_root_dir": args.out,
-        "model.backbone": args.backbone,
+        "model.backbone": parse_value(args.backbone) if args.backbone else None,
         "trainer.max_epochs": args.max_epochs,
         "model.lr": args.lr,
         "model.backbone_lr": args.backbone_lr,
@@ -140,6 +142,8 @@ def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
         "trainer.fast_dev_run": True if args.fast_dev_run else None,
     }
     pairs += [(key, value) for key, value in shortcuts.items() if value is not None]
+    if args.backbone and parse_value(args.backbone) is None:  # --backbone null: from the card
+        pairs.append(("model.backbone", None))
     return pairs
 
 

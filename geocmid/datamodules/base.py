@@ -28,6 +28,9 @@ from geocmid.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+#: Key of the model card inside fine-tuned Lightning checkpoints (geocmid.tasks writes it).
+CHECKPOINT_CARD_KEY = "geocmid_card"
+
 
 class CatalogDataModule(BaseDataModule):
     """A TorchGeo datamodule whose datasets come from catalog entries.
@@ -100,45 +103,40 @@ def stats_from_card(
 ) -> tuple[list[float], list[float]] | None:
     """Per-band ``(mean, std)`` (raw units) recorded with a model, or None.
 
-    ``path`` names a geocmid export (``NAME.safetensors`` or its card ``NAME.json``) or a
-    fine-tuned checkpoint (``.ckpt``, the card inside); the statistics a pretrained encoder
-    learnt with are the ones its features mean something for. Other weight files (a CMID
-    release ``.pth``) carry none: None, and the data's own statistics are used.
+    ``path`` names a geocmid export (``NAME.safetensors``, its card ``NAME.json``, or the bare
+    ``NAME``) or a fine-tuned checkpoint (``.ckpt``, the card inside); the statistics a
+    pretrained encoder learnt with are the ones its features mean something for. Other weight
+    files (a CMID release ``.pth``) carry none: None, and the data's own statistics are used.
 
     Raises:
         ModelError: the card's statistics are for another number of bands than ``bands``.
+        ConfigError: the card is not a valid model card (the message names the key).
     """
+    from geocmid.models.card import ModelCard
+
     if not path:
         return None
     p = Path(path)
-    card: Any = None
+    raw: Any = None
     if p.suffix == ".ckpt" and p.is_file():
         import torch
 
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        card = ckpt.get("geocmid_card") if isinstance(ckpt, dict) else None
-    else:
-        from geocmid.tasks.encoders import is_export
-
-        card_path = p.with_suffix(".json")
-        if is_export(str(p)) and card_path.is_file():
-            card = json.loads(card_path.read_text())
-    if not card:
+        raw = ckpt.get(CHECKPOINT_CARD_KEY) if isinstance(ckpt, dict) else None
+    elif p.suffix in ("", ".safetensors", ".json") and p.with_suffix(".json").is_file():
+        raw = json.loads(p.with_suffix(".json").read_text())
+    if not raw:
         log.info("%s: no model card with statistics; normalising with the data's own", p)
         return None
-    from geocmid.tasks.encoders import card_normalisation
-
-    stats = card_normalisation(card)
-    if stats is None:
+    card = ModelCard.from_dict(raw, where=f"model card of '{p}'")
+    if not card.mean or not card.std:
         return None
-    mean, std = stats
-    if len(mean) != len(bands):
-        names = card.get("bands") if isinstance(card, dict) else None
-        named = f" ({', '.join(map(str, names))})" if names else ""
+    if len(card.mean) != len(bands):
+        named = f" ({', '.join(map(str, card.bands))})" if card.bands else ""
         raise ModelError(
             f"model card of '{p}' ({where})",
-            f"the encoder was trained on {len(mean)} bands{named} but the data has "
+            f"the encoder was trained on {len(card.mean)} bands{named} but the data has "
             f"{len(bands)} ({', '.join(map(str, bands))})",
             "fine-tune on imagery with the same bands, or start from other weights",
         )
-    return [float(v) for v in mean], [float(v) for v in std]
+    return [float(v) for v in card.mean], [float(v) for v in card.std]

@@ -103,3 +103,34 @@ def test_a_task_without_data_says_what_is_missing(tmp_path: Path) -> None:
         SegmentationTask(backbone="resnet18", in_channels=3).fill_from_data(
             {"in_channels": 4, "num_classes": 2}, "demo"
         )
+
+
+def test_weights_bring_their_card_statistics(
+    demo_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old `normalisation: auto`: an export's statistics normalise the data (stats_from)."""
+    from geocmid.models import create_backbone
+    from geocmid.models.weights import export_backbone
+
+    bands = ["blue", "green", "red", "nir"]
+    card = {"bands": bands, "mean": [500.0, 600.0, 700.0, 800.0], "std": [100.0] * 4}
+    weights, _ = export_backbone(create_backbone("resnet18", 4, img_size=32), tmp_path / "enc",
+                                 card)  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["--catalog", str(demo_catalog), "fit", "--config", str(SEGMENTATION),
+            "--fast-dev-run", "--out", str(out), "--weights", str(weights), "--backbone", "null",
+            "--set", "trainer.enable_progress_bar=false",
+            *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]  # fmt: skip
+    assert main(argv) == 0
+    written = json.loads((out / "model_card.json").read_text())
+    assert written["mean"] == card["mean"] and written["std"] == card["std"]
+    resolved = load_config(out / "config.yaml")
+    assert resolved["data"]["init_args"]["stats_from"] == str(weights)
+    # a 3-band encoder on 4-band data: one clear error, before any training
+    rgb = {"bands": ["r", "g", "b"], "mean": [1.0] * 3, "std": [1.0] * 3}
+    three, _ = export_backbone(create_backbone("resnet18", 3, img_size=32), tmp_path / "e3", rgb)
+    argv[argv.index(str(weights))] = str(three)
+    argv[argv.index(str(out))] = str(tmp_path / "run3")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained on 3 bands (r, g, b) but the data has 4" in err and "Traceback" not in err
