@@ -15,6 +15,17 @@ examples:
   # land cover of one scene: class COG, polygons (GPKG), summary JSON, quick-look PNG
   geocmid predict --model model.pt --card card.json scene.tif -o out/ --tta flips
 
+  # a catalog imagery entry, read exactly as training reads it (one file per band at mixed
+  # resolutions, nodata override, assign_crs) on the entry's grid; the outputs share that grid
+  geocmid --catalog data_catalog predict --entry s2-2021 --model runs/seg/checkpoints/best.ckpt \\
+      -o out/
+
+  # change between two imagery entries, or the two dates of one bitemporal entry
+  geocmid --catalog demo/catalog predict --entry demo-2020 --entry demo-2021 \\
+      --model runs/change/checkpoints/best.ckpt -o out/
+  geocmid --catalog demo/catalog predict --entry demo-pair \\
+      --model runs/change/checkpoints/best.ckpt -o out/
+
   # change between two dates (read on the first date's grid), with probabilities and GeoJSON
   geocmid predict --task change --model change.pt --card card.json 2000.tif 2003.tif -o out/ \\
       --probabilities --geojson
@@ -28,8 +39,11 @@ examples:
   geocmid predict --model model.pt --card card.json big.tif -o out/ --part 2/2 &
   wait; geocmid predict --model model.pt --card card.json big.tif -o out/
 
-An interrupted run resumes when the same command is run again. --part auto reads the rank and
-world size of torch.distributed / torchrun (RANK, WORLD_SIZE).
+An entry of several files (tiles, or several scenes of band files) is predicted as one mosaic
+on the entry's grid, the first file with data winning a pixel as in training; to map files one
+by one, pass them as SCENE paths. An interrupted run resumes when the same command is run
+again. --part auto reads the rank and world size of torch.distributed / torchrun (RANK,
+WORLD_SIZE).
 """
 
 
@@ -43,12 +57,22 @@ def register(subparsers: Any) -> None:
         description=(
             "Run a model over one or more scenes (or two dated scenes for change) in\n"
             "overlapping, blended windows, block by block with bounded memory, and write\n"
-            "a class COG on the input grid, vectors (GPKG), a summary JSON and a quick-look."
+            "a class COG on the input grid, vectors (GPKG), a summary JSON and a quick-look.\n"
+            "Scenes are raster files, or catalog imagery entries (--entry) read exactly as\n"
+            "training reads them."
         ),
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="SCENE", help="input rasters")
+    parser.add_argument("inputs", nargs="*", metavar="SCENE", help="input rasters (or use --entry)")
+    parser.add_argument(
+        "--entry",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="catalog imagery entry to predict (repeat for two dates), or a bitemporal entry; "
+        "the catalog is `geocmid --catalog DIR`",
+    )
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument(
         "--model",
@@ -64,7 +88,9 @@ def register(subparsers: Any) -> None:
         help="what the model predicts (default: from the checkpoint, else segmentation)",
         choices=["segmentation", "change", "classification", "detection"],
     )
-    parser.add_argument("--name", help="output name stem (default: input file stem(s))")
+    parser.add_argument(
+        "--name", help="output name stem (default: input file stem(s) or entry name(s))"
+    )
     parser.add_argument("--window", type=int, default=512, help="window size, pixels")
     parser.add_argument("--overlap", type=int, default=64, help="window overlap, pixels")
     parser.add_argument("--block-size", type=int, default=2048, help="block size, pixels")
@@ -118,13 +144,13 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 
 def handler(args: argparse.Namespace) -> int:
     """Load the model, run every scene, print where the outputs are."""
-    from geocmid.errors import ConfigError
     from geocmid.inference.engine import RunSettings
     from geocmid.inference.loading import load_predictor
     from geocmid.inference.run import OutputOptions, predict_scene
 
     log = logging.getLogger("geocmid.predict")
     background = None if args.background.lower() == "none" else int(args.background)
+    inputs = _inputs(args)  # catalog entries are checked before the model is loaded
     predictor = load_predictor(
         args.model,
         args.card,
@@ -144,14 +170,7 @@ def handler(args: argparse.Namespace) -> int:
         iou=args.iou,
     )
     part = _parse_part(args.part)
-    if predictor.task == "change":
-        if len(args.inputs) != 2:
-            raise ConfigError("SCENE", "change needs exactly two scenes", "pass DATE1 DATE2")
-        runs = [args.inputs]
-    else:
-        if args.name and len(args.inputs) > 1:
-            raise ConfigError("--name", "cannot name several scenes' outputs", "drop --name")
-        runs = [[scene] for scene in args.inputs]
+    runs = _runs(args, inputs, predictor.task)
     for scenes in runs:
         result = predict_scene(
             predictor,
@@ -168,8 +187,60 @@ def handler(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         if not result.complete:
-            log.info("%s: part done; run again without --part to assemble", " ".join(scenes))
+            names = " ".join(getattr(s, "name", None) or str(s) for s in scenes)
+            log.info("%s: part done; run again without --part to assemble", names)
             continue
         for kind, path in result.outputs.items():
             print(f"{kind:14s} {path}")
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[list[Any]]:
+    """Scene files as given (one list each), or the sources of each ``--entry`` name (one for
+    an imagery entry, two for a bitemporal entry)."""
+    from geocmid.errors import ConfigError
+
+    if args.entry and args.inputs:
+        raise ConfigError(
+            "SCENE / --entry",
+            "scene files and --entry were both given",
+            "pass either raster files or catalog entries",
+        )
+    if not args.entry and not args.inputs:
+        raise ConfigError(
+            "SCENE",
+            "nothing to predict",
+            "pass raster files, or --entry NAME for a catalog imagery entry",
+        )
+    if not args.entry:
+        return [[scene] for scene in args.inputs]
+    from geocmid.data.catalog import Catalog
+    from geocmid.inference.reader import entry_sources
+
+    catalog = Catalog(getattr(args, "catalog", None))
+    return [list(entry_sources(catalog, [name])) for name in args.entry]
+
+
+def _runs(args: argparse.Namespace, inputs: list[list[Any]], task: str) -> list[list[Any]]:
+    """The scenes of each run: two dates for change, else one scene per run."""
+    from geocmid.errors import ConfigError
+
+    scenes = [scene for group in inputs for scene in group]
+    if args.entry:
+        if task != "change" and any(len(group) > 1 for group in inputs):
+            raise ConfigError(
+                "--entry",
+                "a bitemporal entry holds two dates, but this model predicts one scene",
+                "name an imagery entry, or use a change model",
+            )
+        what, fix = "entries", "pass --entry BEFORE --entry AFTER, or one bitemporal entry"
+    else:
+        what, fix = "scenes", "pass DATE1 DATE2"
+    if task == "change":
+        if len(scenes) != 2:
+            where = "--entry" if args.entry else "SCENE"
+            raise ConfigError(where, f"change needs exactly two dates, got {len(scenes)}", fix)
+        return [scenes]
+    if args.name and len(scenes) > 1:
+        raise ConfigError("--name", f"cannot name several {what}' outputs", "drop --name")
+    return [[scene] for scene in scenes]

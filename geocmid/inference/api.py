@@ -4,6 +4,13 @@
 >>> result = predict(Predictor(model, card, task="segmentation"), "scene.tif", "out/")
 >>> result.classes.rio.crs, result.vectors.head()
 
+Inputs may also be :class:`~geocmid.data.sources.RasterSource` objects, e.g. a catalog imagery
+entry read as training reads it::
+
+    from geocmid.data.catalog import Catalog
+    from geocmid.data.sources import imagery_source
+    predict(predictor, imagery_source(Catalog("data_catalog").get("s2-tile")), "out/")
+
 Inputs that are DataArrays (``band, y, x`` with a rioxarray CRS and transform) are written to a
 temporary GeoTIFF first, so every path goes through the same bounded-memory engine. Outputs are
 loaded into memory only when they are small enough (``max_load_pixels``); otherwise use the paths
@@ -22,12 +29,13 @@ from typing import Any
 import geopandas as gpd
 import xarray as xr
 
+from geocmid.data.sources import RasterSource
 from geocmid.errors import DataError
 from geocmid.inference.engine import RunSettings
 from geocmid.inference.predictor import Predictor
 from geocmid.inference.run import OutputOptions, PredictionResult, predict_scene
 
-Input = str | os.PathLike[str] | xr.DataArray
+Input = str | os.PathLike[str] | xr.DataArray | RasterSource
 
 
 @dataclass
@@ -69,7 +77,7 @@ def predict(
 
     Args:
         predictor: model, card and task.
-        inputs: a path or DataArray, or two of them for change.
+        inputs: a path, DataArray or source (a catalog entry's), or two of them for change.
         output: folder for the files; ``None`` writes to a temporary folder that is removed
             after loading (the outputs must then fit ``max_load_pixels``).
         window, overlap, block_size, batch_size, tta: see :class:`RunSettings`.
@@ -79,7 +87,8 @@ def predict(
         **kwargs: passed to :func:`predict_scene` (``grid``, ``bands``, ``overwrite``, ``part``,
             ``progress`` …).
     """
-    items = [inputs] if isinstance(inputs, str | os.PathLike | xr.DataArray) else list(inputs)
+    single = str | os.PathLike | xr.DataArray | RasterSource
+    items = [inputs] if isinstance(inputs, single) else list(inputs)
     settings = RunSettings(window, overlap, block_size, batch_size, tta)
     with tempfile.TemporaryDirectory(prefix="geocmid-") as tmp:
         paths = [_as_path(item, Path(tmp), n) for n, item in enumerate(items)]
@@ -96,7 +105,9 @@ def predict(
     return prediction
 
 
-def _as_path(item: Input, tmp: Path, n: int) -> str:
+def _as_path(item: Input, tmp: Path, n: int) -> str | RasterSource:
+    if isinstance(item, RasterSource):
+        return item
     if not isinstance(item, xr.DataArray):
         return str(item)
     if item.rio.crs is None:

@@ -1,11 +1,14 @@
 """Reading scenes on a common grid, one block extent at a time.
 
-One scene is read on its own grid. Two dated scenes (change) are read on the grid of the first
-(``grid="first"``), of the second (``"second"``) or on the first scene's grid cropped to the
-intersection of both extents (``"intersection"``); a scene whose grid differs from the target grid
-goes through a :class:`rasterio.vrt.WarpedVRT`. A pixel is valid where any model band is valid
-(GDAL masks: nodata, alpha, internal masks) and no band is NaN; for several dates, where every
-date is valid, so areas outside one date's extent are nodata.
+Every scene is a :class:`geocmid.data.sources.RasterSource`: a file path opens to
+:func:`~geocmid.data.sources.file_source` (the file on its own grid), a catalog imagery entry to
+:func:`~geocmid.data.sources.imagery_source` (band files, nodata override, ``assign_crs``, on
+the entry's grid: exactly what training reads). One scene is read on its own grid. Two dated
+scenes (change) are read on the grid of the first (``grid="first"``), of the second
+(``"second"``) or on the first scene's grid cropped to the intersection of both extents
+(``"intersection"``); files not on the target grid go through a WarpedVRT. Validity is the
+source's rule (nodata values, GDAL alpha and dataset masks, NaN, what the files cover); for
+several dates a pixel is valid where every date is, so areas outside one date are nodata.
 """
 
 from __future__ import annotations
@@ -16,56 +19,49 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 
-from geocmid.data.rasters import open_raster
-from geocmid.errors import DataError, ModelError
+from geocmid.data.sources import Grid, RasterSource, SourceReader, file_source
+from geocmid.errors import ConfigError, DataError, ModelError
 from geocmid.inference.card import ModelCard
 
 GRID_CHOICES = ("first", "second", "intersection")
+#: What a scene may be given as: a raster file, or a source (e.g. a catalog imagery entry's).
+SceneInput = str | os.PathLike[str] | RasterSource
 
-
-@dataclass(frozen=True)
-class Grid:
-    """A raster grid: CRS, affine transform and size in pixels."""
-
-    crs: CRS | None
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` in CRS units (north-up grids)."""
-        left, top = self.transform @ (0, 0)
-        right, bottom = self.transform @ (self.width, self.height)
-        return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
-
-    def same_as(self, other: Grid) -> bool:
-        return (
-            self.crs == other.crs
-            and self.transform.almost_equals(other.transform, precision=1e-9)
-            and (self.width, self.height) == (other.width, other.height)
-        )
+__all__ = [
+    "GRID_CHOICES",
+    "BlockReader",
+    "Grid",
+    "ScenePlan",
+    "SceneSpec",
+    "entry_sources",
+    "plan_scenes",
+    "select_bands",
+]
 
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """How to read one date: file, 1-based band indexes and where it sits on the target grid.
+    """How to read one date: its source on the plan's grid and the bands the model takes.
 
-    ``offset`` is set when the file is pixel-aligned with the target grid (read directly with a
-    pixel offset ``(row, col)``); otherwise the file is warped onto the grid.
+    ``bands`` are 1-based positions in ``source.bands`` (for a file: its band indexes), in model
+    channel order.
     """
 
-    path: str
+    source: RasterSource
     bands: tuple[int, ...]
-    offset: tuple[int, int] | None
+
+    @property
+    def path(self) -> str | None:
+        """The raster file when the scene is one file holding its bands in order, else None."""
+        return self.source.path
+
+    @property
+    def name(self) -> str:
+        return self.source.name
 
 
 @dataclass(frozen=True)
@@ -77,51 +73,66 @@ class ScenePlan:
     resampling: str = "bilinear"
 
 
-def _grid_of(src: Any) -> Grid:
-    return Grid(src.crs, src.transform, src.width, src.height)
-
-
 def select_bands(
-    src: Any, card: ModelCard, path: str, override: tuple[int, ...] | None = None
+    source: RasterSource, card: ModelCard, where: str, override: tuple[int, ...] | None = None
 ) -> tuple[int, ...]:
-    """1-based band indexes of ``src`` to feed the model, in model channel order.
+    """1-based positions of ``source``'s bands to feed the model, in model channel order.
 
-    ``override`` (user-chosen indexes) wins; else band names in the card are matched against the
-    raster's band descriptions; else integer bands in the card are used when the image has
-    exactly ``in_chans`` bands.
+    ``override`` (user-chosen positions) wins; else band names in the card are matched against
+    the source's band names (a file's band descriptions, an entry's ``bands``); else integer
+    bands in the card are used when the image has exactly ``in_chans`` bands.
     """
+    count = len(source.bands)
     mismatch = (
         f"the model expects {card.in_chans} band(s) {list(card.bands)} but the image has "
-        f"{src.count} band(s)"
+        f"{count} band(s)"
     )
     fix = "pass an image with the model's bands, or choose the bands to use (--bands 4,3,2)"
     if override is not None:
         indexes = tuple(int(b) for b in override)
-        if len(indexes) != card.in_chans or not all(1 <= b <= src.count for b in indexes):
-            raise ModelError(path, f"bands {list(indexes)} do not fit: {mismatch}", fix)
+        if len(indexes) != card.in_chans or not all(1 <= b <= count for b in indexes):
+            raise ModelError(where, f"bands {list(indexes)} do not fit: {mismatch}", fix)
         return indexes
     wanted = card.bands
-    names = [d.lower() if d else None for d in src.descriptions]
+    names = [str(d).lower() if d else None for d in source.bands]
     if all(isinstance(b, str) for b in wanted) and any(names):
         missing = [b for b in wanted if str(b).lower() not in names]
         if missing:
-            raise ModelError(path, f"has no band named {missing} (bands: {src.descriptions})", fix)
+            raise ModelError(
+                where, f"has no band named {missing} (bands: {list(source.bands)})", fix
+            )
         return tuple(names.index(str(b).lower()) + 1 for b in wanted)
-    if src.count != card.in_chans:
-        raise ModelError(path, mismatch, fix)
-    if all(isinstance(b, int) for b in wanted) and sorted(wanted) == list(range(1, src.count + 1)):
+    if count != card.in_chans:
+        raise ModelError(where, mismatch, fix)
+    if all(isinstance(b, int) for b in wanted) and sorted(wanted) == list(range(1, count + 1)):
         return tuple(int(b) for b in wanted)
-    return tuple(range(1, src.count + 1))
+    return tuple(range(1, count + 1))
+
+
+def _source_of(scene: SceneInput) -> RasterSource:
+    return scene if isinstance(scene, RasterSource) else file_source(scene)
+
+
+def _where(scene: SceneInput) -> str:
+    if isinstance(scene, RasterSource):
+        return f"entry '{scene.name}'" if scene.path is None else scene.path
+    return str(scene)
 
 
 def plan_scenes(
-    paths: list[str | os.PathLike[str]],
+    scenes: list[SceneInput],
     card: ModelCard,
     grid: str = "first",
     resampling: str = "bilinear",
     bands: tuple[int, ...] | None = None,
 ) -> ScenePlan:
     """Open and check the scenes, choose the grid, and say how each is read.
+
+    Args:
+        scenes: raster files or sources (one, or two dates for change).
+        grid: for two dates, the grid they are read on (see :data:`GRID_CHOICES`).
+        resampling: how a date not on the target grid is warped onto it.
+        bands: 1-based band positions to use instead of the card's bands.
 
     Raises:
         DataError: a file is missing or unreadable, or two dates do not overlap.
@@ -131,34 +142,32 @@ def plan_scenes(
         raise DataError("grid", f"'{grid}' is not a grid choice", f"use one of {GRID_CHOICES}")
     if resampling not in Resampling.__members__:
         raise DataError("resampling", f"'{resampling}' is unknown", "use e.g. bilinear, nearest")
-    grids, selected = [], []
-    for path in paths:
-        with open_raster(path) as src:
-            grids.append(_grid_of(src))
-            selected.append(select_bands(src, card, str(path), bands))
+    sources = [_source_of(s) for s in scenes]
+    wheres = [_where(s) for s in scenes]
+    selected = [select_bands(s, card, w, bands) for s, w in zip(sources, wheres, strict=True)]
+    grids = [s.grid for s in sources]
     target = grids[1] if grid == "second" and len(grids) > 1 else grids[0]
     if len(grids) > 1:
-        target = _check_overlap(paths, grids, target, grid)
+        target = _check_overlap(wheres, grids, target, grid)
     specs = tuple(
-        SceneSpec(str(p), b, _pixel_offset(g, target))
-        for p, b, g in zip(paths, selected, grids, strict=True)
+        SceneSpec(s.on_grid(target, resampling), b) for s, b in zip(sources, selected, strict=True)
     )
     return ScenePlan(specs, target, resampling)
 
 
-def _check_overlap(paths: list[Any], grids: list[Grid], target: Grid, choice: str) -> Grid:
+def _check_overlap(wheres: list[str], grids: list[Grid], target: Grid, choice: str) -> Grid:
     """Raise if the dates do not overlap; return the target grid (cropped for 'intersection')."""
     left, bottom, right, top = target.bounds
-    for path, g in zip(paths, grids, strict=True):
+    for where, g in zip(wheres, grids, strict=True):
         if g.crs is None or target.crs is None:
             if not g.same_as(target):
-                raise DataError(str(path), "has no CRS and a different grid", "georeference it")
+                raise DataError(where, "has no CRS and a different grid", "georeference it")
             continue
         gl, gb, gr, gt = transform_bounds(g.crs, target.crs, *g.bounds, densify_pts=21)
         left, bottom, right, top = max(left, gl), max(bottom, gb), min(right, gr), min(top, gt)
     if left >= right or bottom >= top:
         raise DataError(
-            f"{paths[0]} and {paths[1]}",
+            f"{wheres[0]} and {wheres[1]}",
             "the scenes do not overlap",
             "pass two dates of the same place (check their CRS and extents)",
         )
@@ -172,21 +181,35 @@ def _check_overlap(paths: list[Any], grids: list[Grid], target: Grid, choice: st
     return Grid(target.crs, target.transform @ Affine.translation(c0, r0), c1 - c0, r1 - r0)
 
 
-def _pixel_offset(src: Grid, target: Grid) -> tuple[int, int] | None:
-    """``(row, col)`` of the target's origin in ``src`` pixels if pixel-aligned, else ``None``."""
-    if src.crs != target.crs:
-        return None
-    a, t = src.transform, target.transform
-    same_scale = all(
-        math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12)
-        for u, v in ((a.a, t.a), (a.b, t.b), (a.d, t.d), (a.e, t.e))
-    )
-    if not same_scale:
-        return None
-    col, row = ~a @ (t.c, t.f)
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return round(row), round(col)
+def entry_sources(catalog: Any, names: list[str]) -> list[RasterSource]:
+    """The sources of catalog entries, as training reads them: one per imagery entry, two
+    (before, after) for a bitemporal entry.
+
+    Raises:
+        ConfigError: an unknown name, or an entry that is not imagery or bitemporal.
+        DataError: the entry's files do not fit it (checked as `catalog validate` does).
+    """
+    from geocmid.data.catalog import BitemporalEntry, ImageryEntry, validate
+    from geocmid.data.sources import imagery_source
+
+    sources: list[RasterSource] = []
+    for name in names:
+        entry = catalog.get(name)
+        if isinstance(entry, BitemporalEntry):
+            validate(entry, catalog)
+            for key in (entry.before, entry.after):
+                sources.append(imagery_source(catalog.get_kind(key, ImageryEntry)))
+        elif isinstance(entry, ImageryEntry):
+            validate(entry)
+            sources.append(imagery_source(entry))
+        else:
+            raise ConfigError(
+                f"--entry {name}",
+                f"'{name}' is a {entry.kind} entry; predict reads imagery or bitemporal entries",
+                "name an imagery entry (or a bitemporal one for change); "
+                "`geocmid catalog list` shows each entry's kind",
+            )
+    return sources
 
 
 class BlockReader:
@@ -198,66 +221,28 @@ class BlockReader:
 
     def __init__(self, plan: ScenePlan) -> None:
         self.plan = plan
-        self._handles: list[Any] = []
+        self._readers: list[SourceReader] = []
 
     def __enter__(self) -> BlockReader:
-        grid = self.plan.grid
-        for spec in self.plan.scenes:
-            src = rasterio.open(spec.path)
-            self._handles.append(src)
-            if spec.offset is None:
-                vrt = WarpedVRT(
-                    src,
-                    crs=grid.crs,
-                    transform=grid.transform,
-                    width=grid.width,
-                    height=grid.height,
-                    resampling=Resampling[self.plan.resampling],
-                    add_alpha=True,  # the alpha band marks pixels outside this date or nodata
-                )
-                self._handles.append(vrt)
+        self._readers = [spec.source.reader() for spec in self.plan.scenes]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in reversed(self._handles):
-            handle.close()
-        self._handles.clear()
-
-    def _dataset(self, t: int) -> Any:
-        # Handles are [src, (vrt)] per date in order; the last one of each date is what we read.
-        k = 0
-        for i, spec in enumerate(self.plan.scenes):
-            step = 1 if spec.offset is not None else 2
-            if i == t:
-                return self._handles[k + step - 1]
-            k += step
-        raise IndexError(t)
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
 
     def read(self, row0: int, row1: int, col0: int, col1: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw pixels ``[T, C, h, w]`` (native dtype) and validity ``[h, w]`` of grid rows
         ``[row0, row1)`` x cols ``[col0, col1)``."""
         h, w = row1 - row0, col1 - col0
-        n_bands = len(self.plan.scenes[0].bands)
+        scenes = self.plan.scenes
         # Native dtype (uint8 is 4x smaller than float32): windows are converted one by one.
-        dtype = np.result_type(*(self._dataset(t).dtypes[0] for t in range(len(self.plan.scenes))))
-        data = np.zeros((len(self.plan.scenes), n_bands, h, w), dtype)
+        dtype = np.result_type(*(r.dtype for r in self._readers))
+        data = np.empty((len(scenes), len(scenes[0].bands), h, w), dtype)
         valid = np.ones((h, w), bool)
-        for t, spec in enumerate(self.plan.scenes):
-            ds = self._dataset(t)
-            dr, dc = spec.offset if spec.offset is not None else (0, 0)
-            # Clip the request to the dataset; what lies outside stays invalid.
-            r0, r1 = max(row0 + dr, 0), min(row1 + dr, ds.height)
-            c0, c1 = max(col0 + dc, 0), min(col1 + dc, ds.width)
-            date_valid = np.zeros((h, w), bool)
-            if r0 < r1 and c0 < c1:
-                window = Window(c0, r0, c1 - c0, r1 - r0)
-                pixels = ds.read(list(spec.bands), window=window)
-                masks = ds.read_masks(list(spec.bands), window=window)
-                ok = masks.any(axis=0)
-                if pixels.dtype.kind == "f":
-                    ok &= ~np.isnan(pixels).any(axis=0)
-                sl = (slice(r0 - dr - row0, r1 - dr - row0), slice(c0 - dc - col0, c1 - dc - col0))
-                data[t][(slice(None), *sl)] = pixels
-                date_valid[sl] = ok
-            valid &= date_valid
+        for t, (spec, reader) in enumerate(zip(scenes, self._readers, strict=True)):
+            pixels, ok = reader.read(row0, row1, col0, col1, bands=[b - 1 for b in spec.bands])
+            data[t] = pixels
+            valid &= ok
         return data, valid

@@ -19,12 +19,13 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
+from geocmid.data.sources import RasterSource
 from geocmid.errors import ConfigError
 from geocmid.inference import assemble, summary
 from geocmid.inference.detections import boxes_frame, merge_boxes
 from geocmid.inference.engine import RunSettings, blocks_for_part, run_blocks
 from geocmid.inference.predictor import Predictor
-from geocmid.inference.reader import plan_scenes
+from geocmid.inference.reader import SceneInput, plan_scenes
 from geocmid.inference.store import WorkDir
 from geocmid.inference.vectorize import polygons, scene_cells
 from geocmid.inference.writers import (
@@ -94,12 +95,18 @@ def output_paths(out_dir: Path, name: str, task: str, options: OutputOptions) ->
 
 
 def default_name(inputs: list[Any]) -> str:
-    return "_".join(Path(str(p)).stem for p in inputs)
+    """Output name stem: the file stems, or the source (entry) names, joined by ``_``."""
+    return "_".join(p.name if isinstance(p, RasterSource) else Path(str(p)).stem for p in inputs)
+
+
+def _label(scene: SceneInput) -> str:
+    """How an input is named in the summary and the provenance tags."""
+    return f"entry:{scene.name}" if isinstance(scene, RasterSource) else str(scene)
 
 
 def predict_scene(
     predictor: Predictor,
-    inputs: list[str | os.PathLike[str]],
+    inputs: list[SceneInput],
     out_dir: str | os.PathLike[str],
     name: str | None = None,
     settings: RunSettings | None = None,
@@ -113,6 +120,12 @@ def predict_scene(
     progress: bool = True,
 ) -> PredictionResult:
     """Predict one scene (or one pair of dated scenes for ``change``) into ``out_dir``.
+
+    A scene is a raster file (read on its own grid) or a
+    :class:`~geocmid.data.sources.RasterSource`, e.g. a catalog imagery entry's
+    (:func:`geocmid.data.sources.imagery_source`): read exactly as training reads it (band files,
+    nodata override, ``assign_crs``) on the entry's grid, which the outputs then share. An entry
+    of several files is one mosaic on that grid (the first file with data wins a pixel).
 
     Raises:
         DataError: unreadable or non-overlapping inputs, unwritable or existing outputs.
@@ -135,7 +148,7 @@ def predict_scene(
     paths = output_paths(out, name, task, options)
     config = {
         "task": task,
-        "inputs": [_file_id(p) for p in inputs],
+        "inputs": [p.describe() if isinstance(p, RasterSource) else _file_id(p) for p in inputs],
         "grid": grid,
         "resampling": resampling,
         "bands": [list(s.bands) for s in plan.scenes],
@@ -158,11 +171,11 @@ def predict_scene(
             log.info("part %s/%s done; %d block(s) left to other parts", *part, left)
             result.complete = False
             return result
-        tags = provenance_tags(card, {**config, "inputs": [str(p) for p in inputs]})
+        tags = provenance_tags(card, {**config, "inputs": [_label(p) for p in inputs]})
         result.summary = {
             "task": task,
             "name": name,
-            "inputs": [str(p) for p in inputs],
+            "inputs": [_label(p) for p in inputs],
             "grid": summary.grid_dict(plan.grid),
             "settings": dataclasses.asdict(settings),
             "model_card": card.to_dict(),
@@ -216,8 +229,9 @@ def _finish_dense(
         )
         _write_vectors(frame, paths, "changes" if predictor.task == "change" else "polygons")
     if "quicklook" in paths:
+        scenes = _quicklook_scenes(plan, work.path)
         summary.quicklook_classes(
-            paths["classes"], card, paths["quicklook"], plan.scenes, predictor.background
+            paths["classes"], card, paths["quicklook"], scenes, predictor.background
         )
     result.summary["nodata_pixels"] = stats.nodata_pixels
     result.summary["classes"] = summary.class_table(card, stats.pixels, stats.area_m2, frame)
@@ -255,7 +269,8 @@ def _finish_objects(
         layer = "cells"
     _write_vectors(frame, paths, layer)
     if "quicklook" in paths:
-        summary.quicklook_scene(plan.scenes[0].path, grid, frame, card, paths["quicklook"])
+        scene = _quicklook_scenes(plan, work.path)[0]
+        summary.quicklook_scene(scene.path, grid, frame, card, paths["quicklook"])
     result.summary["classes"] = summary.class_table(card, objects=frame)
 
 
@@ -265,3 +280,31 @@ def _write_vectors(frame: gpd.GeoDataFrame, paths: dict[str, Path], layer: str) 
     if "geojson" in paths:
         with atomic_path(paths["geojson"]) as tmp:
             frame.to_crs(4326).to_file(tmp, driver="GeoJSON", engine="pyogrio")
+
+
+@dataclass(frozen=True)
+class _QuicklookScene:
+    path: str
+    bands: tuple[int, ...]
+
+
+def _quicklook_scenes(plan: Any, folder: Path) -> list[Any]:
+    """Scenes the quick-look can open: a scene of one file as it is; any other (band files,
+    mosaics) as a small preview GeoTIFF of its model bands on its grid, in ``folder``."""
+    out: list[Any] = []
+    for t, spec in enumerate(plan.scenes):
+        if spec.path is not None:
+            out.append(spec)
+            continue
+        data, valid, grid = spec.source.preview(summary.QUICKLOOK_SIZE, [b - 1 for b in spec.bands])
+        data = data.astype(np.float32)
+        nodata = float(np.finfo(np.float32).min)  # not NaN: the quick-look stretch casts to uint8
+        data[:, ~valid] = nodata
+        path = folder / f"preview{t}.tif"
+        with rasterio.open(
+            path, "w", driver="GTiff", width=grid.width, height=grid.height, count=len(data),
+            dtype="float32", crs=grid.crs, transform=grid.transform, nodata=nodata,
+        ) as dst:  # fmt: skip
+            dst.write(data)
+        out.append(_QuicklookScene(str(path), tuple(range(1, len(data) + 1))))
+    return out

@@ -58,3 +58,31 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED.resolve()
+
+
+@pytest.fixture
+def mixed_scene(tmp_path: Path):
+    """A 4-band scene as band files at mixed resolutions (catalog entry 's2', nodata override)
+    and as the same bands stacked on the fine grid (see tests/data/test_sources.py)."""
+    from tests.data.test_sources import write_mixed_resolution_scene
+
+    return write_mixed_resolution_scene(tmp_path / "scene")
+
+
+@pytest.fixture
+def toy_model_files(tmp_path: Path):
+    """``(model, card)``: a TorchScript per-pixel model on bands B01..B04, 3 classes."""
+    import json
+
+    import torch
+    import toymodels
+
+    torch.manual_seed(0)
+    model = toymodels.PerPixel(in_chans=4, classes=3, seed=7)
+    card = toymodels.card(in_chans=4, classes=3, mean=1000.0, std=400.0)
+    card["bands"] = ["B01", "B02", "B03", "B04"]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.jit.script(model).save(str(folder / "model.pt"))
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder / "model.pt", folder / "card.json"

@@ -22,8 +22,9 @@ from geocmid.data.catalog import (
 from geocmid.data.datasets.bitemporal import BitemporalDataset
 from geocmid.data.datasets.folder import ImageFolderDataset
 from geocmid.data.datasets.labels import CatalogVectorDataset, ClassMaskDataset
-from geocmid.data.datasets.raster import CatalogRasterDataset, band_regex_from_pattern
-from geocmid.data.rasters import open_raster, parse_crs
+from geocmid.data.datasets.raster import CatalogRasterDataset
+from geocmid.data.rasters import parse_crs
+from geocmid.data.sources import Grid, build_source, imagery_source
 from geocmid.errors import ConfigError
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -34,27 +35,21 @@ def imagery_dataset(
     *,
     crs: Any = None,
     res: float | tuple[float, float] | None = None,
+    grid: Grid | None = None,
     transforms: Transform | None = None,
     check: bool = True,
     native_dtype: bool = False,
 ) -> CatalogRasterDataset:
-    """A :class:`CatalogRasterDataset` over an imagery entry, warped to ``crs``/``res`` if given."""
+    """A :class:`CatalogRasterDataset` over an imagery entry, read through the entry's
+    :func:`~geocmid.data.sources.imagery_source` (the grid prediction uses too), warped to
+    ``crs``/``res`` or read on ``grid`` if given."""
     if check:
         validate(entry)
-    crs = crs or parse_crs(entry.crs, f"{entry.where}, key 'crs'")
-    files = entry.band_file_groups()[0] if entry.band_files else entry.files()
     return CatalogRasterDataset(
-        files,
-        bands=entry.bands,
-        crs=crs,
-        res=res or entry.res,
-        nodata=entry.nodata,
+        source=imagery_source(entry, crs=crs, res=res, grid=grid),
         is_image=True,
-        band_regex=band_regex_from_pattern(entry.band_files) if entry.band_files else None,
-        date_regex=entry.date_pattern,
         date_format=entry.date_format,
         date=pd.Timestamp(entry.date) if entry.date else None,
-        assign_crs=parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
         transforms=transforms,
         native_dtype=native_dtype,
     )
@@ -63,12 +58,12 @@ def imagery_dataset(
 def _reference_grid(
     entry: RasterLabelsEntry, catalog: Catalog | None
 ) -> tuple[RIO_CRS, Any] | None:
+    """``align_with``: the CRS and transform of the grid the imagery entry is read on."""
     if not entry.align_with or catalog is None:
         return None
     reference = catalog.get_kind(entry.align_with, ImageryEntry)
-    with open_raster(reference.files()[0]) as src:
-        crs = parse_crs(reference.assign_crs, reference.where) or src.crs
-        return crs, src.transform
+    grid = imagery_source(reference).grid
+    return grid.crs, grid.transform
 
 
 def raster_labels_dataset(
@@ -77,24 +72,33 @@ def raster_labels_dataset(
     *,
     crs: Any = None,
     res: float | tuple[float, float] | None = None,
+    grid: Grid | None = None,
     check: bool = True,
 ) -> CatalogRasterDataset:
-    """Raster labels as a mask dataset (``mask`` key holds the raw class values)."""
+    """Raster labels as a mask dataset (``mask`` key holds the raw class values).
+
+    ``crs``/``res`` warp the labels (e.g. to the imagery's); ``grid`` reads them on exactly that
+    grid (the imagery dataset's ``source.grid``), so chips on the imagery's pixel lattice take
+    the windowed fast path for labels too.
+    """
     if check:
         validate(entry, catalog)
-    common: dict[str, Any] = {
-        "crs": crs,
-        "res": res,
-        "assign_crs": parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
-        "reference_grid": _reference_grid(entry, catalog),
-    }
+    reference_grid = _reference_grid(entry, catalog)
+    assign_crs = parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'")
     if entry.class_masks:
         ignore = 255 if entry.ignore_value is None else int(entry.ignore_value)
         files = dict(zip(entry.class_masks, entry.files(), strict=True))
-        return ClassMaskDataset(files, ignore_value=ignore, **common)
-    return CatalogRasterDataset(
-        entry.files(), bands=["mask"], is_image=False, nodata=entry.ignore_value, **common
-    )
+        first = next(iter(files.values()))
+        source = build_source(
+            [first], bands=["mask"], crs=crs, res=res, grid=grid, assign_crs=assign_crs,
+            reference_grid=reference_grid, is_image=False, name=entry.name,
+        )  # fmt: skip
+        return ClassMaskDataset(files, ignore_value=ignore, source=source)
+    source = build_source(
+        entry.files(), bands=["mask"], crs=crs, res=res, grid=grid, nodata=entry.ignore_value,
+        assign_crs=assign_crs, reference_grid=reference_grid, is_image=False, name=entry.name,
+    )  # fmt: skip
+    return CatalogRasterDataset(source=source, is_image=False)
 
 
 def vector_labels_dataset(
@@ -121,19 +125,20 @@ def vector_labels_dataset(
 def bitemporal_dataset(
     entry: BitemporalEntry, catalog: Catalog, transforms: Transform | None = None
 ) -> BitemporalDataset:
-    """Both dates on the first date's grid (CRS and resolution), with change labels if any."""
+    """Both dates on the first date's grid, with change labels if any.
+
+    The second date and raster change labels are read on exactly the first date's grid (what
+    ``geocmid predict`` does with ``--grid first``), warped where their files are not on it.
+    """
     validate(entry, catalog)
     before = imagery_dataset(catalog.get_kind(entry.before, ImageryEntry), check=False)
-    after = imagery_dataset(
-        catalog.get_kind(entry.after, ImageryEntry), crs=before.crs, res=before.res, check=False
-    )
+    grid = before.source.grid
+    after = imagery_dataset(catalog.get_kind(entry.after, ImageryEntry), grid=grid, check=False)
     labels = None
     if entry.change_labels:
         label_entry = catalog.get(entry.change_labels)
         if isinstance(label_entry, RasterLabelsEntry):
-            labels = raster_labels_dataset(
-                label_entry, catalog, crs=before.crs, res=before.res, check=False
-            )
+            labels = raster_labels_dataset(label_entry, catalog, grid=grid, check=False)
         elif isinstance(label_entry, VectorLabelsEntry):
             labels = vector_labels_dataset(label_entry, crs=before.crs, res=before.res, check=False)
     return BitemporalDataset(before, after, labels, transforms=transforms, name=entry.where)

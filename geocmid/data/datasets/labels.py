@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import rasterio.transform
 import torch
 from torch import Tensor
 from torchgeo.datasets import VectorDataset
@@ -13,6 +16,7 @@ from torchgeo.datasets.utils import GeoSlice
 
 from geocmid.data.catalog.schema import ClassInfo
 from geocmid.data.datasets.raster import CatalogRasterDataset
+from geocmid.data.sources import SourceReader
 from geocmid.errors import DataError
 
 #: Index written into training masks where the label is unknown (losses ignore it).
@@ -63,6 +67,7 @@ class ClassMaskDataset(CatalogRasterDataset):
 
     Reads every class's mask for the chip and composes a value mask; pixels in no mask get
     ``ignore_value`` (e.g. Taizhou's change / no-change masks leave some pixels unlabelled).
+    Every mask is read on the grid of the first one (the dataset's source grid).
     """
 
     def __init__(self, class_files: dict[int, Path], *, ignore_value: int, **kwargs: Any) -> None:
@@ -70,18 +75,40 @@ class ClassMaskDataset(CatalogRasterDataset):
         self.ignore_value = ignore_value
         first = next(iter(self.class_files.values()))
         super().__init__([first], bands=["mask"], is_image=False, **kwargs)
+        self.class_sources = {
+            v: self.source.with_layers([[(path, 1)]]) for v, path in self.class_files.items()
+        }
+
+    def _class_readers(self) -> dict[int, SourceReader]:
+        readers = getattr(self, "_readers", None)
+        if readers is None or getattr(self, "_readers_pid", None) != os.getpid():
+            readers = {v: source.reader() for v, source in self.class_sources.items()}
+            self._readers, self._readers_pid = readers, os.getpid()
+        return readers
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_readers", None)
+        state.pop("_readers_pid", None)
+        return state
 
     def __getitem__(self, index: GeoSlice) -> dict[str, Any]:
         x, y, t = self._disambiguate_slice(index)
-        masks = [
-            (value, self._merge_or_stack([path], (x, y, t), None, self.crs)[0])
-            for value, path in self.class_files.items()
-        ]
+        window = self.chip_window((x, y, t))
+        if window is not None:
+            readers = self._class_readers()
+            masks = [
+                (value, torch.from_numpy(readers[value].read(*window)[0][0].astype(np.int64)))
+                for value in self.class_files
+            ]
+        else:
+            masks = [
+                (value, self._merge_or_stack([path], (x, y, t), None, self.crs)[0])
+                for value, path in self.class_files.items()
+            ]
         out = torch.full_like(masks[0][1], self.ignore_value, dtype=torch.long)
         for value, mask in masks:
             out[mask != 0] = value
-        import rasterio.transform
-
         return {
             "mask": out,
             "bounds": self._slice_to_tensor((x, y, t)),

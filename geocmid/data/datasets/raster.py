@@ -1,20 +1,22 @@
 """Catalog imagery and raster labels as TorchGeo :class:`RasterDataset` objects.
 
-:class:`CatalogRasterDataset` adds three things to TorchGeo's reader:
+:class:`CatalogRasterDataset` reads through a :class:`geocmid.data.sources.RasterSource` (the
+grid, band order, nodata and resampling that prediction uses too) and adds to TorchGeo's reader:
 
-* a **fast path**: a chip that lies inside one file already on the dataset's grid is read
-  with one windowed read into a nodata-filled array, instead of going through
-  ``rasterio.merge`` (which builds per-call VRTs and copies; see ``benchmarks/bench_chips.py``);
+* a **fast path**: a chip on the source's pixel lattice is read with windowed reads of the files
+  on that grid (plain reads, or a WarpedVRT onto the grid for files at another resolution or CRS:
+  one file per band at mixed resolutions included) instead of going through ``rasterio.merge``
+  (which builds per-call VRTs and copies; see ``benchmarks/bench_chips.py``); other chips take
+  TorchGeo's general path;
 * files with a missing or wrong CRS (``assign_crs``) or no georeferencing at all
   (``reference_grid``: borrowed from the imagery they are pixel-aligned with);
-* a ``valid`` mask (``[H, W]`` bool, False where all bands are nodata) in every sample.
+* a ``valid`` mask (``[H, W]`` bool, False where there is no data) in every sample.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,28 +31,37 @@ from pyproj import CRS as PROJ_CRS
 from rasterio.crs import CRS as RIO_CRS
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
 from torch import Tensor
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
 from geocmid.data.rasters import valid_pixels, valid_pixels_per_band
+from geocmid.data.sources import (
+    RasterSource,
+    SourceReader,
+    band_path,
+    band_regex_from_pattern,
+    build_source,
+)
 
 Sample = dict[str, Any]
 #: Image types that ``native_dtype`` keeps as they are (torch collates them; floats are cast).
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16))
-#: Tolerance, in pixels, for calling a chip "on the file's grid".
+#: Tolerance, in pixels, for calling a chip "on the source's grid".
 GRID_TOLERANCE = 1e-3
+
+__all__ = ["CatalogRasterDataset", "band_regex_from_pattern"]
 
 
 class CatalogRasterDataset(RasterDataset):
-    """A :class:`RasterDataset` over an explicit list of files.
+    """A :class:`RasterDataset` over a :class:`RasterSource` (or an explicit list of files).
 
     Args:
-        files: raster files (for ``band_regex`` layouts: the first band's files).
+        files: raster files (for ``band_regex`` layouts: the first band's files); unused when
+            ``source`` is given.
         bands: band names in file order (or the ``{band}`` values of a one-file-per-band layout).
         crs: CRS to warp to (default: the first file's).
-        res: resolution to warp to, in CRS units (default: the first file's).
+        res: resolution to warp to, in CRS units (default: the finest band's / first file's).
         nodata: nodata value overriding the files' own (default: the files' own).
         is_image: True for imagery (``image`` key, float32), False for masks (``mask``, long).
         band_regex: for one file per band, a filename regex with a ``(?P<band>...)`` group.
@@ -63,13 +74,15 @@ class CatalogRasterDataset(RasterDataset):
         native_dtype: keep 8/16-bit images in their file type (when chips are read on the grid)
             instead of float32: half or a quarter of the bytes through DataLoader workers; the
             consumer converts (e.g. :meth:`geocmid.data.stats.Normalize.batch`).
+        source: the source to read (:func:`geocmid.data.sources.imagery_source`); replaces
+            ``files`` … ``reference_grid``.
     """
 
     def __init__(
         self,
-        files: Sequence[str | Path],
+        files: Sequence[str | Path] = (),
         *,
-        bands: Sequence[str],
+        bands: Sequence[str] = (),
         crs: PROJ_CRS | RIO_CRS | str | None = None,
         res: float | tuple[float, float] | None = None,
         nodata: float | None = None,
@@ -82,43 +95,61 @@ class CatalogRasterDataset(RasterDataset):
         reference_grid: tuple[RIO_CRS, Affine] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
         native_dtype: bool = False,
+        source: RasterSource | None = None,
     ) -> None:
-        self.all_bands = tuple(bands)
+        if source is None:
+            source = build_source(
+                files,
+                bands=bands,
+                band_regex=band_regex,
+                filename_regex=date_regex,
+                crs=crs,
+                res=res,
+                nodata=nodata,
+                assign_crs=assign_crs,
+                reference_grid=reference_grid,
+                is_image=is_image,
+            )
+        self.source = source
+        self.all_bands = tuple(str(b) for b in source.bands)
         self.is_image = is_image
-        self.nodata = nodata
-        self.separate_files = band_regex is not None
+        self.nodata = source.nodata_override
+        self.separate_files = source.separate
         self.filename_glob = "*"
-        self.filename_regex = band_regex or date_regex or ".*"
+        self.filename_regex = source.filename_regex
         self.date_format = date_format
         if date is not None:
             self.mint, self.maxt = date, date + pd.Timedelta(days=1) - pd.Timedelta(1)
-        self.assign_crs = assign_crs
-        self.reference_grid = reference_grid
+        self.assign_crs = source.assign_crs
+        self.reference_grid = source.reference_grid
         self.post_transforms = transforms
         self.native_dtype = native_dtype
-        if isinstance(crs, str | RIO_CRS):
-            crs = PROJ_CRS.from_user_input(str(crs) if isinstance(crs, RIO_CRS) else crs)
+        grid = source.grid
         super().__init__(
-            paths=[str(f) for f in files], crs=crs, res=res, bands=list(bands), cache=True
+            paths=list(source.keys),
+            crs=PROJ_CRS.from_wkt(grid.crs.to_wkt()) if grid.crs is not None else None,
+            res=grid.res,
+            bands=list(self.all_bands),
+            cache=True,
         )
-        self._rio_crs = RIO_CRS.from_wkt(self.crs.to_wkt())
-        self.nodata_value = nodata if nodata is not None else self._first_nodata()
+        self._layer_of = {key: n for n, key in enumerate(source.keys)}
+        self.nodata_value = source.nodata[0]
         # One file per band: every band has its own nodata value and mask.
-        self.band_nodata = (
-            [self._band_nodata(band) for band in self.bands] if self.separate_files else None
-        )
+        self.band_nodata = list(source.nodata) if self.separate_files else None
 
     # -- reading -------------------------------------------------------------------------
 
-    def _first_nodata(self) -> float | None:
-        with rasterio.open(self.index.filepath.iloc[0]) as src:
-            return src.nodata
+    @property
+    def reader(self) -> SourceReader:
+        """This process's reader of the source (GDAL handles must not cross a fork)."""
+        reader = getattr(self, "_reader", None)
+        if reader is None or getattr(self, "_reader_pid", None) != os.getpid():
+            reader = self.source.reader()
+            self._reader, self._reader_pid = reader, os.getpid()
+        return reader
 
-    def _band_nodata(self, band: str) -> float | None:
-        if self.nodata is not None:
-            return self.nodata
-        with rasterio.open(self._update_filepath(band, self.index.filepath.iloc[0])) as src:
-            return src.nodata
+    def _update_filepath(self, band: str, filepath: str) -> str:
+        return band_path(self.filename_regex, band, filepath)
 
     def _load_warp_file(self, filepath: Path, crs: Any = None) -> DatasetReader | WarpedVRT:
         if self.assign_crs is None and self.reference_grid is None:
@@ -148,107 +179,39 @@ class CatalogRasterDataset(RasterDataset):
             **extra,
         )
 
-    def _merge_or_stack(
-        self,
-        filepaths: Sequence[str],
-        index: GeoSlice,
-        band_indexes: Sequence[int] | None = None,
-        out_crs: PROJ_CRS | None = None,
-    ) -> Tensor:
-        if not self.time_series:
-            handles = [self._handle(f) for f in filepaths]
-            data = self._read_on_grid(handles, index, band_indexes)
-            if data is not None:
-                # Convert in numpy: torch's intra-op threads cost more than they save on chips.
-                return torch.from_numpy(data.astype(np.float32 if self.is_image else np.int64))
-        return super()._merge_or_stack(filepaths, index, band_indexes, out_crs)
-
-    def _handle(self, filepath: str) -> DatasetReader | WarpedVRT:
-        """Open file handle on the dataset's CRS, cached per process.
-
-        GDAL handles must not cross a fork: DataLoader workers inheriting the parent's open
-        files share their file offsets and read corrupt blocks, so each process opens its own.
-        """
-        if getattr(self, "_handles_pid", None) != os.getpid():
-            self._handles: dict[str, DatasetReader | WarpedVRT] = {}
-            self._handles_pid = os.getpid()
-        handle = self._handles.get(filepath)
-        if handle is None:
-            handle = rasterio.open(filepath)
-            if self.assign_crs or self.reference_grid or handle.crs != self._rio_crs:
-                handle.close()
-                handle = self._load_warp_file(filepath, self.crs)
-            # Else the plain file: a WarpedVRT on an identical grid (TorchGeo's way of overriding
-            # nodata) decodes through the warper at ~3x the cost; nodata is applied on read.
-            self._handles[filepath] = handle
-        return handle
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_handles", None)
-        state.pop("_handles_pid", None)
+        state.pop("_reader", None)
+        state.pop("_reader_pid", None)
         return state
 
-    def _grid_window(
-        self, src: DatasetReader | WarpedVRT, index: GeoSlice
-    ) -> tuple[int, int, int, int] | None:
-        """(col, row, width, height) of the chip in ``src``'s pixels, if on its grid; else None."""
+    def chip_window(self, index: GeoSlice) -> tuple[int, int, int, int] | None:
+        """``(row0, row1, col0, col1)`` of the chip on the source's grid if on its pixel
+        lattice (same resolution, whole-pixel offset), else None."""
         x, y, _ = self._disambiguate_slice(index)
-        t = src.transform
-        if src.crs != self._rio_crs or t.b != 0 or t.d != 0:
+        t = self.source.grid.transform
+        if not self._on_source_crs() or t.b != 0 or t.d != 0:
             return None
         if not (
             math.isclose(x.step, t.a, rel_tol=1e-9) and math.isclose(y.step, -t.e, rel_tol=1e-9)
         ):
             return None
-        exact = ((x.start - t.c) / t.a, (t.f - y.stop) / -t.e,
-                 (x.stop - x.start) / x.step, (y.stop - y.start) / y.step)  # fmt: skip
+        exact = ((t.f - y.stop) / -t.e, (t.f - y.start) / -t.e,
+                 (x.start - t.c) / t.a, (x.stop - t.c) / t.a)  # fmt: skip
         ints = tuple(round(v) for v in exact)
         if any(abs(v - i) > GRID_TOLERANCE for v, i in zip(exact, ints, strict=True)):
             return None
         return ints  # type: ignore[return-value]
 
-    def _read_on_grid(
-        self,
-        handles: Sequence[DatasetReader | WarpedVRT],
-        index: GeoSlice,
-        band_indexes: Sequence[int] | None,
-    ) -> np.ndarray | None:
-        """Windowed reads when the chip is on every file's pixel grid, else None.
-
-        Files are read in order; like ``rasterio.merge``'s default, the first file with data
-        wins where files overlap, and pixels no file covers stay nodata.
-        """
-        windows = [self._grid_window(src, index) for src in handles]
-        if any(w is None for w in windows):
-            return None
-        first = handles[0]
-        _, _, width, height = windows[0]
-        indexes = list(band_indexes) if band_indexes else list(range(1, first.count + 1))
-        fill = self.nodata if self.nodata is not None else first.nodata
-        fill = 0 if fill is None else fill
-        col, row = windows[0][:2]
-        inside = (
-            col >= 0 and row >= 0 and col + width <= first.width and row + height <= first.height
-        )
-        # A chip inside the first file is overwritten entirely by its read: skip the fill pass.
-        shape = (len(indexes), height, width)
-        out = np.empty(shape, first.dtypes[0]) if inside else np.full(shape, fill, first.dtypes[0])
-        for n, (src, (col, row, _, _)) in enumerate(zip(handles, windows, strict=True)):
-            # Clip the chip to the file; the part outside stays nodata.
-            c0, r0 = max(col, 0), max(row, 0)
-            c1, r1 = min(col + width, src.width), min(row + height, src.height)
-            if c1 <= c0 or r1 <= r0:
-                continue
-            window = Window(c0, r0, c1 - c0, r1 - r0)
-            target = out[:, r0 - row : r1 - row, c0 - col : c1 - col]
-            if n == 0:
-                src.read(indexes, window=window, out=target)
-                continue
-            part = src.read(indexes, window=window).astype(out.dtype)
-            empty = (target == fill).all(axis=0) & ~(part == fill).all(axis=0)
-            target[:, empty] = part[:, empty]
-        return out
+    def _on_source_crs(self) -> bool:
+        """Whether the dataset is still in its source grid's CRS (TorchGeo's dataset unions and
+        intersections may set another ``crs``, which re-projects the index); cached per index."""
+        cached = getattr(self, "_crs_cache", None)
+        if cached is None or cached[0] is not self.index:
+            same = RIO_CRS.from_wkt(self.crs.to_wkt()) == self.source.grid.crs
+            cached = (self.index, same)
+            self._crs_cache = cached
+        return cached[1]
 
     @property
     def bounds(self) -> tuple[slice, slice, slice]:
@@ -271,12 +234,16 @@ class CatalogRasterDataset(RasterDataset):
         return cached[1]
 
     def _read_fast(self, index: GeoSlice) -> Sample | None:
-        """The sample through windowed reads, or None where TorchGeo's general path is needed.
+        """The sample through the source's windowed reads, or None where TorchGeo's general
+        path is needed (chips off the source's pixel lattice, time series).
 
         Selecting files with numpy instead of a GeoDataFrame query saves ~1 ms per chip, about
         as long as decoding a cached 256² chip.
         """
-        if self.separate_files or self.time_series:
+        if self.time_series:
+            return None
+        window = self.chip_window(index)
+        if window is None:
             return None
         x, y, t = self._disambiguate_slice(index)
         paths, bounds, mint, maxt = self._file_table()
@@ -288,20 +255,19 @@ class CatalogRasterDataset(RasterDataset):
         rows = np.flatnonzero(hit)
         if len(rows) == 0:
             raise IndexError(f"index: {index} not found in dataset with bounds: {self.bounds}")
-        data = self._read_on_grid(
-            [self._handle(paths[i]) for i in rows], (x, y, t), self.band_indexes
-        )
-        if data is None:
+        layers = [self._layer_of.get(paths[i]) for i in rows]
+        if any(n is None for n in layers):
             return None
+        data, valid = self.reader.read(*window, layers=layers)  # type: ignore[arg-type]
         transform = rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
         sample: Sample = {
             "bounds": self._slice_to_tensor((x, y, t)),
             "transform": torch.tensor(transform),
         }
         if self.is_image:
-            # The valid mask is cheapest on the native (often 8/16-bit) values.
-            sample["valid"] = self._valid_from_array(data)
+            sample["valid"] = torch.from_numpy(valid)
             native = self.native_dtype and data.dtype in NATIVE_DTYPES
+            # Convert in numpy: torch's intra-op threads cost more than they save on chips.
             sample["image"] = torch.from_numpy(data if native else data.astype(np.float32))
         else:
             sample["mask"] = torch.from_numpy(data.astype(np.int64)).squeeze(-3)
@@ -320,11 +286,3 @@ class CatalogRasterDataset(RasterDataset):
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
         return sample
-
-
-def band_regex_from_pattern(pattern: str) -> str:
-    """Turn a ``band_files`` pattern (``'lsat7_2000_{band}.tif'``) into a filename regex."""
-    name = Path(pattern).name
-    before, after = name.split("{band}", 1)
-    to_regex = lambda part: ".*".join(re.escape(p) for p in part.split("*"))  # noqa: E731
-    return f"^{to_regex(before)}(?P<band>.+?){to_regex(after)}$"
