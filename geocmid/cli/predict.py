@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import Any
+
+from geocmid.tasks.registry import TASK_NAMES
 
 EPILOG = """\
 examples:
@@ -86,7 +87,7 @@ def register(subparsers: Any) -> None:
         "--task",
         default=None,
         help="what the model predicts (default: from the checkpoint, else segmentation)",
-        choices=["segmentation", "change", "classification", "detection"],
+        choices=TASK_NAMES,
     )
     parser.add_argument(
         "--name", help="output name stem (default: input file stem(s) or entry name(s))"
@@ -143,104 +144,40 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Load the model, run every scene, print where the outputs are."""
-    from geocmid.inference.engine import RunSettings
-    from geocmid.inference.loading import load_predictor
-    from geocmid.inference.run import OutputOptions, predict_scene
+    """Build the request, predict every scene, print where the outputs are."""
+    from geocmid.workflows.predict import PredictRequest, predict
 
-    log = logging.getLogger("geocmid.predict")
-    background = None if args.background.lower() == "none" else int(args.background)
-    inputs = _inputs(args)  # catalog entries are checked before the model is loaded
-    predictor = load_predictor(
-        args.model,
-        args.card,
-        args.task,
+    request = PredictRequest(
+        model=args.model,
+        inputs=list(args.inputs),
+        entries=list(args.entry),
+        catalog=getattr(args, "catalog", None),
+        output=args.output,
+        card=args.card,
+        task=args.task,
+        name=args.name,
+        window=args.window,
+        overlap=args.overlap,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        tta=args.tta,
         device=args.device,
-        change_input="pair" if args.pair_input else "stacked",
-        background=background,
-    )
-    bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
-    settings = RunSettings(args.window, args.overlap, args.block_size, args.batch_size, args.tta)
-    options = OutputOptions(
+        bands=tuple(int(b) for b in args.bands.split(",")) if args.bands else None,
+        grid=args.grid,
+        resampling=args.resampling,
+        pair_input=args.pair_input,
+        background=None if args.background.lower() == "none" else int(args.background),
         probabilities=args.probabilities,
         vectors=not args.no_vectors,
+        geojson=args.geojson,
         simplify=args.simplify,
         min_area=args.min_area,
-        geojson=args.geojson,
         iou=args.iou,
+        overwrite=args.overwrite,
+        part=_parse_part(args.part),
+        progress=not args.no_progress,
     )
-    part = _parse_part(args.part)
-    runs = _runs(args, inputs, predictor.task)
-    for scenes in runs:
-        result = predict_scene(
-            predictor,
-            scenes,
-            args.output,
-            args.name,
-            settings,
-            options,
-            grid=args.grid,
-            resampling=args.resampling,
-            bands=bands,
-            overwrite=args.overwrite,
-            part=part,
-            progress=not args.no_progress,
-        )
-        if not result.complete:
-            names = " ".join(getattr(s, "name", None) or str(s) for s in scenes)
-            log.info("%s: part done; run again without --part to assemble", names)
-            continue
-        for kind, path in result.outputs.items():
+    for run in predict(request).runs:
+        for kind, path in run.outputs.items() if run.complete else ():
             print(f"{kind:14s} {path}")
     return 0
-
-
-def _inputs(args: argparse.Namespace) -> list[list[Any]]:
-    """Scene files as given (one list each), or the sources of each ``--entry`` name (one for
-    an imagery entry, two for a bitemporal entry)."""
-    from geocmid.errors import ConfigError
-
-    if args.entry and args.inputs:
-        raise ConfigError(
-            "SCENE / --entry",
-            "scene files and --entry were both given",
-            "pass either raster files or catalog entries",
-        )
-    if not args.entry and not args.inputs:
-        raise ConfigError(
-            "SCENE",
-            "nothing to predict",
-            "pass raster files, or --entry NAME for a catalog imagery entry",
-        )
-    if not args.entry:
-        return [[scene] for scene in args.inputs]
-    from geocmid.data.catalog import Catalog
-    from geocmid.inference.reader import entry_sources
-
-    catalog = Catalog(getattr(args, "catalog", None))
-    return [list(entry_sources(catalog, [name])) for name in args.entry]
-
-
-def _runs(args: argparse.Namespace, inputs: list[list[Any]], task: str) -> list[list[Any]]:
-    """The scenes of each run: two dates for change, else one scene per run."""
-    from geocmid.errors import ConfigError
-
-    scenes = [scene for group in inputs for scene in group]
-    if args.entry:
-        if task != "change" and any(len(group) > 1 for group in inputs):
-            raise ConfigError(
-                "--entry",
-                "a bitemporal entry holds two dates, but this model predicts one scene",
-                "name an imagery entry, or use a change model",
-            )
-        what, fix = "entries", "pass --entry BEFORE --entry AFTER, or one bitemporal entry"
-    else:
-        what, fix = "scenes", "pass DATE1 DATE2"
-    if task == "change":
-        if len(scenes) != 2:
-            where = "--entry" if args.entry else "SCENE"
-            raise ConfigError(where, f"change needs exactly two dates, got {len(scenes)}", fix)
-        return [scenes]
-    if args.name and len(scenes) > 1:
-        raise ConfigError("--name", f"cannot name several {what}' outputs", "drop --name")
-    return [[scene] for scene in scenes]

@@ -26,9 +26,10 @@ import torch
 
 from geocmid.errors import ConfigError, ModelError
 from geocmid.inference.card import ModelCard
+from geocmid.tasks.registry import TASK_NAMES
 
 Task = Literal["segmentation", "change", "classification", "detection"]
-TASKS: tuple[str, ...] = ("segmentation", "change", "classification", "detection")
+TASKS: tuple[str, ...] = TASK_NAMES  # the task registry's names
 #: Test-time augmentation choices: names of sets of dihedral transforms.
 TTA_CHOICES = ("none", "flips", "d4")
 
