@@ -126,8 +126,8 @@ def test_align_with_masks_take_the_entry_grid(mixed: MixedScene) -> None:
         "kind: raster_labels\npaths: ../mask.png\nclasses: {1: a, 2: b}\nalign_with: s2\n",
     )
     catalog = Catalog(mixed.catalog)
-    # check=False: `catalog validate` still compares align_with masks with the first file (B01)
-    labels = raster_labels_dataset(catalog.get("labels"), catalog, check=False)
+    # Validated against the grid the imagery is read on (10 m), not its first file (B01, 30 m).
+    labels = raster_labels_dataset(catalog.get("labels"), catalog)
     assert labels.res == (FINE, FINE)
     x0, y1 = ORIGIN
     chip = labels[x0 : x0 + w * FINE, y1 - h * FINE : y1]["mask"]

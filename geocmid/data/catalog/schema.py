@@ -155,7 +155,11 @@ class ImageryEntry(Entry):
         "date_pattern": (False, "regex with a (?P<date>...) group matched on file names"),
         "date_format": (False, "strptime format of the date group (default %Y%m%d)"),
         "crs": (False, "CRS to warp to, e.g. EPSG:32633 (default: the first file's)"),
-        "res": (False, "resolution to warp to, in CRS units (default: the first file's)"),
+        "res": (
+            False,
+            "resolution the entry is read on, in CRS units (default: the finest band file's "
+            "with band_files, else the first file's)",
+        ),
         "assign_crs": (False, "CRS to assume for files that carry none or a wrong one"),
         "stats": (False, "per-band normalisation statistics (written by `catalog stats`)"),
     }

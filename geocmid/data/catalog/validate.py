@@ -2,7 +2,9 @@
 
 ``validate_entry`` opens headers only, so it is cheap enough to run before every command: files
 exist and are readable rasters/vectors, band counts match the declaration, georeferencing is
-present (or supplied by the entry), class attributes exist, and bitemporal dates overlap.
+present (or supplied by the entry), class attributes exist, ``align_with`` masks are the size of
+the grid their imagery entry is read on (:func:`geocmid.data.sources.imagery_source`: its ``res``,
+else its finest band file, else its first file), and bitemporal dates overlap.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pyogrio
 import shapely
+from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
 from geocmid.data.catalog.schema import (
@@ -24,6 +27,7 @@ from geocmid.data.catalog.schema import (
 )
 from geocmid.data.catalog.store import Catalog
 from geocmid.data.rasters import RasterInfo, parse_crs, raster_info
+from geocmid.data.sources import Grid, imagery_source
 from geocmid.errors import ConfigError, DataError, did_you_mean
 
 
@@ -60,6 +64,45 @@ def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
     return infos
 
 
+def entry_grid(entry: ImageryEntry) -> Grid:
+    """The grid ``entry`` is read on (training and prediction alike), its files checked first.
+
+    Its ``crs``/``res`` if given, else the finest band file's (``band_files``) or the first
+    file's; the extent covers every file (:func:`geocmid.data.sources.imagery_source`).
+    """
+    validate_imagery(entry)
+    return imagery_source(entry).grid
+
+
+def _grid_origin(entry: ImageryEntry) -> str:
+    """Where the resolution of ``entry``'s grid comes from, in words."""
+    if entry.res is not None:
+        return "its 'res'"
+    if entry.band_files:
+        return "its finest band file"
+    return "its first file"
+
+
+def check_aligned(infos: list[RasterInfo], reference: ImageryEntry) -> None:
+    """``align_with`` masks borrow the grid ``reference`` is read on: each must be its size."""
+    grid = entry_grid(reference)
+    for info in infos:
+        if (info.width, info.height) != (grid.width, grid.height):
+            xres, yres = grid.res
+            res = f"{xres:g}" if xres == yres else f"{xres:g}x{yres:g}"
+            metres = grid.crs is not None and grid.crs.linear_units in ("metre", "meter")
+            raise DataError(
+                str(info.path),
+                f"is {info.width}x{info.height} pixels, but '{reference.name}' is read on a "
+                f"{grid.width}x{grid.height}-pixel grid ({res} {'m' if metres else 'CRS units'} "
+                f"pixels, the resolution of {_grid_origin(reference)}), and align_with masks "
+                "share that grid pixel for pixel",
+                f"make the mask {grid.width}x{grid.height} pixels on that grid, set 'res' in "
+                f"'{reference.name}' to the resolution the mask was made at, or georeference "
+                "the mask and remove 'align_with'",
+            )
+
+
 def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) -> list[RasterInfo]:
     infos = [raster_info(f) for f in entry.files()]
     for info in infos:
@@ -71,15 +114,7 @@ def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) ->
         reference = catalog.get_kind(
             entry.align_with, ImageryEntry, f"{entry.where}, key 'align_with'"
         )
-        ref = raster_info(reference.files()[0])
-        for info in infos:
-            if (info.width, info.height) != (ref.width, ref.height):
-                raise DataError(
-                    str(info.path),
-                    f"is {info.width}x{info.height} pixels but '{reference.name}' is "
-                    f"{ref.width}x{ref.height}, so it cannot share its grid",
-                    "align_with only works for masks pixel-aligned with the imagery",
-                )
+        check_aligned(infos, reference)
     else:
         for info in infos:
             if not info.georeferenced and entry.assign_crs is None:
@@ -118,9 +153,15 @@ def validate_vector_labels(entry: VectorLabelsEntry) -> list[dict]:
     return infos
 
 
-def footprint_in(info: RasterInfo, crs) -> shapely.Polygon:
-    """The bounding box of ``info`` expressed in ``crs``."""
-    return shapely.box(*transform_bounds(info.crs, crs, *info.bounds, densify_pts=21))
+def footprint_in(
+    info: RasterInfo, crs: CRS | None, assign_crs: CRS | None = None
+) -> shapely.Polygon:
+    """The bounding box of ``info`` expressed in ``crs`` (the file read as ``assign_crs`` if
+    given, as its entry's ``assign_crs`` makes every reader do)."""
+    src_crs = assign_crs or info.crs
+    if src_crs == crs:
+        return shapely.box(*info.bounds)
+    return shapely.box(*transform_bounds(src_crs, crs, *info.bounds, densify_pts=21))
 
 
 def validate_bitemporal(entry: BitemporalEntry, catalog: Catalog) -> list[RasterInfo]:
@@ -135,9 +176,12 @@ def validate_bitemporal(entry: BitemporalEntry, catalog: Catalog) -> list[Raster
             f"but '{after.name}' has {len(after.bands)}",
             "both dates need the same bands in the same order",
         )
-    crs = parse_crs(before.crs, before.where) or before_infos[0].crs
-    a = shapely.union_all([footprint_in(i, crs) for i in before_infos])
-    b = shapely.union_all([footprint_in(i, crs) for i in after_infos])
+    # in the CRS of the grid the pair is read on: the first date's (its 'crs', else its files')
+    crs = imagery_source(before).grid.crs
+    before_crs = parse_crs(before.assign_crs, f"{before.where}, key 'assign_crs'")
+    after_crs = parse_crs(after.assign_crs, f"{after.where}, key 'assign_crs'")
+    a = shapely.union_all([footprint_in(i, crs, before_crs) for i in before_infos])
+    b = shapely.union_all([footprint_in(i, crs, after_crs) for i in after_infos])
     if not a.intersects(b) or a.intersection(b).area == 0:
         raise DataError(
             entry.where,
