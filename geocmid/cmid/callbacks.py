@@ -3,6 +3,12 @@
 All three work on what :class:`~geocmid.cmid.task.CMIDTask` already has (its last two-view batch,
 its teacher) and run once per epoch (or every N epochs), never per step: the official code's
 per-iteration plot hook (spec §9.4) is exactly what is avoided here.
+
+Their arguments are plain values, so a Lightning CLI config lists them under
+``trainer.callbacks`` (``class_path: geocmid.cmid.callbacks.HealthMonitor``). What depends on the
+run (the run folder, the data's statistics and RGB bands) is looked up when training starts:
+folders default to ``trainer.default_root_dir``, the kNN probe uses the task's ``mean`` / ``std``
+/ ``chip_size`` as :meth:`CMIDTask.setup <geocmid.cmid.task.CMIDTask.setup>` filled them.
 """
 
 from __future__ import annotations
@@ -149,21 +155,59 @@ class HealthMonitor(L.Callback):
     """Per-epoch collapse metrics (and kNN accuracy) logged next to the losses.
 
     Logs ``health/feat_std``, ``health/feat_std_norm``, ``health/feat_cos`` of the teacher's GAP
-    features of the epoch's last batch (view 1, unmasked), and ``health/knn_acc`` with a probe.
-    A warning is logged when the mean cosine similarity exceeds ``collapse_cos``.
+    features of the epoch's last batch (view 1, unmasked), and ``health/knn_acc`` with a kNN
+    probe. A warning is logged when the mean cosine similarity exceeds ``collapse_cos``.
 
     Args:
-        knn: optional :class:`KNNProbe`.
-        every_n_epochs: run every N epochs (and at the last epoch).
-        collapse_cos: mean-cosine threshold of the collapse warning (0.95).
+        every_n_epochs: collapse metrics (and kNN) every N epochs (and at the last epoch).
+        knn_entry: image_folder catalog entry with labelled images of the same bands for a kNN
+            probe (loaded when training starts, normalised with the pretraining statistics).
+        knn_catalog: catalog folder of knn_entry (default: the datamodule's catalog).
+        knn_k: kNN neighbours.
+        knn_temperature: kNN vote temperature.
+        knn_max_images: labelled images used at most.
+        collapse_cos: mean-cosine threshold of the collapse warning.
+
+    Attributes:
+        knn: the :class:`KNNProbe` (built from ``knn_entry`` at fit start; may be set directly).
     """
 
     def __init__(
-        self, knn: KNNProbe | None = None, every_n_epochs: int = 1, collapse_cos: float = 0.95
+        self,
+        every_n_epochs: int = 1,
+        knn_entry: str | None = None,
+        knn_catalog: str | None = None,
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        knn_max_images: int = 1000,
+        collapse_cos: float = 0.95,
     ) -> None:
-        self.knn = knn
         self.every = max(1, every_n_epochs)
+        self.knn_entry, self.knn_catalog = knn_entry, knn_catalog
+        self.knn_k, self.knn_temperature = knn_k, knn_temperature
+        self.knn_max_images = knn_max_images
         self.collapse_cos = collapse_cos
+        self.knn: KNNProbe | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """Load the kNN probe (the task's statistics and chip size are known by now)."""
+        if self.knn_entry is None or self.knn is not None:
+            return
+        hp = pl_module.hparams
+        catalog = self.knn_catalog
+        if catalog is None:
+            catalog = getattr(getattr(trainer, "datamodule", None), "catalog", None)
+            catalog = getattr(catalog, "folder", catalog)
+        if hp.get("mean") is None or hp.get("std") is None:
+            raise ConfigError(
+                "setting 'HealthMonitor.knn_entry'",
+                "the kNN probe needs the pretraining data's mean and std, and the task has none",
+                "set model.init_args.mean and std, or train with a PretrainDataModule",
+            )
+        self.knn = KNNProbe.from_entry(
+            self.knn_entry, catalog, int(hp["chip_size"]), hp["mean"], hp["std"],
+            self.knn_max_images, k=self.knn_k, temperature=self.knn_temperature,
+        )  # fmt: skip
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         epoch = trainer.current_epoch
@@ -203,21 +247,30 @@ class QuickLook(L.Callback):
     Written to ``out_dir/recon_epoch{EPOCH:04d}.png`` (temp name, then renamed).
 
     Args:
-        out_dir: folder of the PNGs (the run folder's ``quicklook/``).
-        every_n_epochs: N (also written after the last epoch).
-        rgb_indices: channels shown as red, green, blue (default: the first 3, or band 1 grey).
+        every_n_epochs: a reconstruction PNG every N epochs (and after the last epoch).
+        out_dir: folder of the PNGs (default: the run folder's quicklook/).
+        rgb_indices: channels shown as red, green, blue (default: the task's rgb_bands, else the
+            first 3, or band 1 as grey).
         max_images: chips per figure (rows).
     """
 
     def __init__(
-        self, out_dir: str | Path, every_n_epochs: int = 10,
-        rgb_indices: Sequence[int] | None = None, max_images: int = 4,
+        self, every_n_epochs: int = 10, out_dir: str | Path | None = None,
+        rgb_indices: list[int] | None = None, max_images: int = 4,
     ) -> None:  # fmt: skip
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.every = max(1, every_n_epochs)
-        self.rgb = list(rgb_indices) if rgb_indices else [0, 1, 2]
+        self.rgb_indices = list(rgb_indices) if rgb_indices else None
+        self.rgb = self.rgb_indices or [0, 1, 2]
         self.max_images = max_images
         self.written: list[Path] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """Resolve the folder (run folder) and the colours (the task's RGB bands)."""
+        if self.out_dir is None:
+            self.out_dir = Path(trainer.default_root_dir) / "quicklook"
+        if self.rgb_indices is None:
+            self.rgb = getattr(pl_module, "rgb_indices", None) or [0, 1, 2]
 
     @torch.no_grad()
     def reconstruct(self, pl_module: Any, views: dict[str, Tensor]) -> tuple[Tensor, ...]:
@@ -263,6 +316,7 @@ class QuickLook(L.Callback):
                     ax.set_title(title, fontsize=9)
         fig.suptitle(f"CMID reconstruction, epoch {epoch + 1}", fontsize=10)
         fig.tight_layout()
+        self.out_dir = self.out_dir or Path("quicklook")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"recon_epoch{epoch + 1:04d}.png"
         tmp = path.with_name(path.stem + ".part.png")
@@ -279,11 +333,18 @@ class RankStateDump(L.Callback):
     ``out_dir/rank{R}.pt`` holds ``bounds`` (every chip's bounds, ``[N, ...]``), ``queue``
     (the MoCo key queue) and ``center`` (the DINO centre) at the end of training. Used by the
     DDP tests: ranks must see different chips yet hold identical queue and centre.
+
+    Args:
+        out_dir: folder of the dumps (default: the run folder's debug/).
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | Path | None = None) -> None:
+        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.bounds: list[Tensor] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self.out_dir is None:
+            self.out_dir = Path(trainer.default_root_dir) / "debug"
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
         if isinstance(batch, dict) and isinstance(batch.get("bounds"), Tensor):
@@ -299,6 +360,7 @@ class RankStateDump(L.Callback):
             "center": model.local_loss.center.detach().cpu().clone(),
             "world_size": trainer.world_size,
         }
+        self.out_dir = self.out_dir or Path(trainer.default_root_dir) / "debug"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"rank{trainer.global_rank}.pt"
         tmp = path.with_suffix(".part")

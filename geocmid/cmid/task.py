@@ -1,7 +1,24 @@
 """``CMIDTask``: CMID pretraining as a TorchGeo task (Lightning module), spec §5–§6.
 
-A :class:`torchgeo.tasks.BaseTask` subclass, so it runs from ``geocmid pretrain``, from Python and
-from TorchGeo's own ``torchgeo fit --config`` (``model.class_path: geocmid.cmid.task.CMIDTask``).
+A :class:`torchgeo.tasks.BaseTask` subclass whose settings are flat, typed ``__init__`` arguments
+with the paper's defaults. This signature is *the* definition of the pretraining defaults: the
+``geocmid pretrain`` workflow, its ``--help`` and the configs in ``recipes/`` all read it. A
+config such as::
+
+    model:
+      class_path: geocmid.cmid.CMIDTask
+      init_args: {backbone: resnet18, mask_ratio: 0.6, base_lr: 4.0e-3}
+    data:
+      class_path: geocmid.datamodules.PretrainDataModule
+      init_args: {entry: demo-2020, catalog: demo/catalog}
+
+runs the same under ``geocmid pretrain``, ``torchgeo fit``, a plain ``LightningCLI`` and from
+Python. What the data decide (band count and names, RGB bands, normalisation statistics, ground
+sampling distance, chip size, per-device batch: :data:`DATA_ARGS`) may be left unset:
+:meth:`CMIDTask.setup` takes it from ``trainer.datamodule`` (:func:`fill_data_args`), builds the
+networks then and writes the values into ``hparams``, so checkpoints carry them. Values that are
+set are checked against the data.
+
 It expects batches ``{"image": [B, C, S, S] normalised, "valid": [B, S, S] bool}`` such as
 :class:`geocmid.datamodules.PretrainDataModule` yields (it normalises on the device); the
 two-view transform, block masks and mean-fill run batched on the accelerator at the start of
@@ -15,7 +32,8 @@ and only on steps where the optimizer actually stepped (gradient accumulation).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,12 +44,29 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
 
 from geocmid.cmid.ema import momentum_at
-from geocmid.cmid.model import CMIDModel
+from geocmid.cmid.model import CMIDModel, _check_chip_size
 from geocmid.cmid.views import CMIDViewTransform
-from geocmid.errors import ConfigError
+from geocmid.errors import ConfigError, did_you_mean
+from geocmid.models.backbones import family_of
 
 #: Optimizers accepted by ``optimizer=``.
 OPTIMIZERS = ("adan", "adamw")
+
+#: Arguments passed on to :class:`~geocmid.cmid.model.CMIDModel` (the method's settings).
+METHOD_ARGS = (
+    "mask_ratio", "mask_block", "queue_size", "proj_hidden", "proj_dim", "temperature",
+    "head_hidden", "head_bottleneck", "num_prototypes", "num_matches", "student_temp",
+    "teacher_temp", "teacher_temp_warmup_epochs", "center_momentum", "focal_alpha",
+    "focal_gamma", "fft_weight",
+)  # fmt: skip
+
+#: Arguments the data decide; left unset (None) they are filled from ``trainer.datamodule``.
+DATA_ARGS = (
+    "in_chans", "bands", "rgb_bands", "mean", "std", "gsd", "data", "chip_size", "batch_size",
+)  # fmt: skip
+
+#: Where the task's arguments sit in a Lightning CLI config (for error messages).
+MODEL_KEY = "model.init_args"
 
 
 def lr_factor(
@@ -80,36 +115,183 @@ def ema_foreach(model: CMIDModel, momentum: float) -> None:
     torch._foreach_lerp_(teacher, student, 1.0 - momentum)
 
 
+def check_chip_size(
+    backbone: str,
+    chip_size: int | None,
+    mask_block: int,
+    chip_key: str = "data.init_args.chip_size",
+    block_key: str = f"{MODEL_KEY}.mask_block",
+) -> None:
+    """:class:`ConfigError` naming the setting unless the chip fits the mask block and stride.
+
+    The chip edge (pixels) must be a multiple of the mask block and of the backbone's output
+    stride (32 ResNet/Swin, 16 ViT); the mask block a multiple of the token stride (4 / 16 px).
+    With ``chip_size=None`` only the mask block is checked. ``chip_key`` / ``block_key`` are the
+    config keys named in the error.
+    """
+    family = family_of(backbone)
+    # the one rule lives in the model; a placeholder chip size checks the mask block alone
+    size = chip_size if chip_size is not None else mask_block * 32  # fits any valid block
+    try:
+        _check_chip_size(size, mask_block, family)
+    except ConfigError as error:
+        key = block_key if error.where.endswith("'mask_block'") else chip_key
+        raise ConfigError(f"setting '{key}'", error.problem, error.fix) from None
+
+
+def data_args_of(datamodule: Any) -> dict[str, Any]:
+    """What a datamodule says about the task's :data:`DATA_ARGS` (None where it cannot tell).
+
+    Uses ``datamodule.task_args()`` when it has one (as
+    :class:`~geocmid.datamodules.PretrainDataModule` does), else its ``bands`` and its
+    ``chip_size`` / ``batch_size`` hyperparameters.
+    """
+    if datamodule is None:
+        return {}
+    if callable(getattr(datamodule, "task_args", None)):
+        return dict(datamodule.task_args())
+    hp = getattr(datamodule, "hparams", {}) or {}
+    bands = getattr(datamodule, "bands", None)
+    return {
+        "bands": list(bands) if bands else None,
+        "chip_size": hp.get("chip_size"),
+        "batch_size": hp.get("batch_size") or getattr(datamodule, "batch_size", None),
+    }
+
+
+def fill_data_args(args: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's :data:`DATA_ARGS` completed from what the data say (``derived``).
+
+    Unset (None) arguments take the data's value; set ones are checked against it: band count
+    and names, chip size, per-device batch and normalisation statistics must agree (the data are
+    what the model sees, and the checkpoint and model card must say so). ``rgb_bands``, ``gsd``
+    and ``data`` may differ from the data's; ``rgb_bands`` must name three of the bands.
+
+    Args:
+        args: the task's arguments (``hparams``).
+        derived: :func:`data_args_of` of the datamodule.
+
+    Returns:
+        the values of :data:`DATA_ARGS` to use (unchanged ones included).
+
+    Raises:
+        ConfigError: naming ``model.init_args.KEY`` and what the data have.
+    """
+    out = {k: args.get(k) for k in DATA_ARGS}
+    where = f"data entry '{derived['data']}'" if derived.get("data") else "the data"
+    bands = list(derived["bands"]) if derived.get("bands") else None
+    if bands is not None:
+        if out["in_chans"] is not None and int(out["in_chans"]) != len(bands):
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.in_chans'",
+                f"is {out['in_chans']} but {where} has {len(bands)} bands ({', '.join(bands)})",
+                f"set it to {len(bands)}, or leave it unset (null) to follow the data",
+            )
+        if out["bands"] is not None and list(out["bands"]) != bands:
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.bands'",
+                f"is {list(out['bands'])} but {where} has bands {bands}",
+                "use the data's bands in file order, or leave it unset (null)",
+            )
+        out["bands"], out["in_chans"] = bands, len(bands)
+    elif out["bands"] is not None and out["in_chans"] is None:
+        out["in_chans"] = len(out["bands"])
+    for key in ("chip_size", "batch_size"):
+        value = derived.get(key)
+        if value is None:
+            continue
+        if out[key] is not None and int(out[key]) != int(value):
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.{key}'",
+                f"is {out[key]} but the datamodule's {key} is {value}",
+                f"set data.init_args.{key} only and leave {MODEL_KEY}.{key} unset (null)",
+            )
+        out[key] = int(value)
+    for key in ("mean", "std"):
+        if derived.get(key) is None:
+            continue
+        value = [float(v) for v in derived[key]]
+        given = out[key]
+        if given is not None and (
+            len(given) != len(value) or not np.allclose(given, value, rtol=1e-5, atol=0)
+        ):
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.{key}'",
+                f"is {list(given)} but the data are normalised with {value} (the entry's "
+                "statistics)",
+                "leave it unset (null): the model card must record the statistics the data use",
+            )
+        out[key] = value
+    for key in ("rgb_bands", "gsd", "data"):
+        if out[key] is None and derived.get(key) is not None:
+            out[key] = derived[key]
+    if out["rgb_bands"] is not None:
+        rgb, known = list(out["rgb_bands"]), out["bands"]
+        if len(rgb) != 3 or (known is not None and any(b not in known for b in rgb)):
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.rgb_bands'",
+                f"{rgb} are not three of the bands {list(known or [])}",
+                "name the red, green and blue bands of the data (the catalog entry's 'rgb')",
+            )
+        out["rgb_bands"] = rgb
+    if out["gsd"] is not None:
+        out["gsd"] = float(out["gsd"])
+    return out
+
+
 class CMIDTask(BaseTask):
     """CMID self-supervised pretraining of a ResNet, Swin or ViT backbone (any band count).
 
+    The defaults are the paper's (official ResNet-50 / Swin-B configs, spec §5). Arguments marked
+    *(data)* may be left unset: :meth:`setup` fills them from ``trainer.datamodule``.
+
     Args:
-        backbone: ``resnet18/34/50/101``, ``swin_tiny/small/base``, ``vit_small/base``.
-        in_chans: number of bands of the data.
-        chip_size: square chip size in pixels (multiple of the mask block and backbone stride).
-        bands: band names in channel order (model card, quick-look).
-        rgb_bands: names of the red, green, blue bands: enables hue/saturation/greyscale
-            augmentation and sets the quick-look colours (default: no RGB ops, first 3 bands).
-        mean, std: per-band normalisation statistics of the data, raw units (model card).
-        gsd: ground sampling distance of the data in CRS units per pixel (model card).
-        data: name of the pretraining data (model card provenance).
-        pretrained: optional weight file to start the student (and teacher) from.
-        model_kwargs: further :class:`~geocmid.cmid.model.CMIDModel` arguments (mask_ratio,
-            queue_size, num_prototypes, teacher_temp, backbone_kwargs, ...).
-        photometric: overrides of :class:`~geocmid.cmid.views.Photometric` (view-2 augmentation).
-        optimizer: ``"adan"`` (timm, betas 0.98/0.92/0.99, paper) or ``"adamw"``.
-        base_lr: learning rate for a global batch of ``lr_reference_batch`` images; the used
-            lr is ``base_lr × global batch / lr_reference_batch``.
-        lr_reference_batch: global batch that ``base_lr`` refers to (256).
-        batch_size: per-device batch used for the lr scaling when the datamodule has none.
-        weight_decay: decoupled weight decay of ≥ 2-D parameters (0.02).
+        backbone: resnet18/34/50/101, swin_tiny/small/base, vit_small/base.
+        in_chans: (data) number of bands.
+        chip_size: (data) square chip edge in px; a multiple of the mask block and of the
+            backbone's output stride (32 ResNet/Swin, 16 ViT).
+        bands: (data) band names in channel order (model card, quick-look).
+        rgb_bands: (data) red, green, blue band names: enable hue/saturation/grey augmentation and
+            set the quick-look colours (default: the catalog entry's rgb).
+        mean: (data) per-band mean of the data, raw units (model card).
+        std: (data) per-band standard deviation of the data, raw units (model card).
+        gsd: (data) ground sampling distance, CRS units per pixel (model card).
+        data: (data) name of the pretraining data (model card provenance).
+        pretrained: weight file to start the student (and teacher) from.
+        mask_ratio: fraction of masked blocks.
+        mask_block: mask block edge in px (a multiple of the token stride).
+        queue_size: MoCo key queue length.
+        proj_hidden: MoCo projector hidden size.
+        proj_dim: MoCo embedding size.
+        temperature: InfoNCE temperature.
+        head_hidden: dense DINO head hidden size.
+        head_bottleneck: dense DINO head bottleneck size.
+        num_prototypes: dense DINO prototypes.
+        num_matches: position-matched cells per image (local loss).
+        student_temp: DINO student temperature.
+        teacher_temp: DINO teacher temperature, [start, end] of its warmup.
+        teacher_temp_warmup_epochs: epochs of the teacher temperature warmup.
+        center_momentum: DINO centre momentum.
+        focal_alpha: focal-L1 alpha.
+        focal_gamma: focal-L1 gamma.
+        fft_weight: focal frequency loss weight.
+        drop_path_rate: stochastic depth of Swin / ViT (paper: 0; ResNets ignore it).
+        ema_momentum: EMA teacher momentum, [start, end] of its cosine over all steps.
+        photometric: overrides of geocmid.cmid.views.Photometric (view-2 augmentation).
+        optimizer: adan (timm Adan, betas 0.98/0.92/0.99: the paper's) or adamw.
+        base_lr: lr per lr_reference_batch images: the lr used is base_lr × global batch /
+            lr_reference_batch.
+        lr_reference_batch: global batch that base_lr refers to.
+        batch_size: (data) per-device batch, for the lr scaling.
+        weight_decay: decoupled weight decay of >= 2-D parameters (not biases and norms).
         betas: optimizer betas (default: the optimizer's own).
-        warmup_epochs: linear warmup length in epochs (fractions allowed), from
-            ``warmup_start × lr``.
-        warmup_start: warmup start factor (0.01).
-        min_lr: final learning rate of the cosine schedule (1e-6).
-        ema_momentum: (start, end) of the cosine EMA momentum schedule (0.996 → 1).
-        view_seed: seed of the view transform (each rank derives its own).
+        warmup_epochs: linear lr warmup in epochs (fractions allowed), from warmup_start × lr.
+        warmup_start: warmup start factor.
+        min_lr: final lr of the cosine schedule.
+        view_seed: seed of crops, flips, masks and augmentation (each rank derives its own);
+            unset: the run's seed_everything.
+        model_kwargs: deprecated (checkpoints of older geocmid): the method settings as one
+            dict; its values win over the flat arguments.
     """
 
     ignore = None
@@ -118,36 +300,66 @@ class CMIDTask(BaseTask):
     def __init__(
         self,
         backbone: str = "resnet50",
-        in_chans: int = 3,
-        chip_size: int = 224,
-        bands: Sequence[str] | None = None,
-        rgb_bands: Sequence[str] | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        in_chans: int | None = None,
+        chip_size: int | None = None,
+        bands: list[str] | None = None,
+        rgb_bands: list[str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
         gsd: float | None = None,
         data: str | None = None,
         pretrained: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
+        mask_ratio: float = 0.6,
+        mask_block: int = 32,
+        queue_size: int = 65536,
+        proj_hidden: int = 2048,
+        proj_dim: int = 256,
+        temperature: float = 0.2,
+        head_hidden: int = 2048,
+        head_bottleneck: int = 256,
+        num_prototypes: int = 2048,
+        num_matches: int = 20,
+        student_temp: float = 0.1,
+        teacher_temp: tuple[float, float] = (0.04, 0.07),
+        teacher_temp_warmup_epochs: int = 50,
+        center_momentum: float = 0.9,
+        focal_alpha: float = 0.2,
+        focal_gamma: float = 1.0,
+        fft_weight: float = 1.0,
+        drop_path_rate: float = 0.0,
+        ema_momentum: tuple[float, float] = (0.996, 1.0),
         photometric: dict[str, Any] | None = None,
         optimizer: str = "adan",
-        base_lr: float = 1e-3,
+        base_lr: float = 4e-3,
         lr_reference_batch: int = 256,
         batch_size: int | None = None,
         weight_decay: float = 0.02,
-        betas: Sequence[float] | None = None,
+        betas: list[float] | None = None,
         warmup_epochs: float = 10,
         warmup_start: float = 0.01,
         min_lr: float = 1e-6,
-        ema_momentum: Sequence[float] = (0.996, 1.0),
-        view_seed: int = 322,
+        view_seed: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if optimizer.lower() not in OPTIMIZERS:
+        if str(optimizer).lower() not in OPTIMIZERS:
             raise ConfigError(
-                "setting 'optimizer'", f"unknown optimizer '{optimizer}'", "use adan or adamw"
+                f"setting '{MODEL_KEY}.optimizer'",
+                f"unknown optimizer '{optimizer}'"
+                f"{did_you_mean(str(optimizer).lower(), OPTIMIZERS)}",
+                "use adan (the paper's) or adamw",
             )
-        if bands is not None and len(bands) != in_chans:
+        try:
+            family_of(backbone)
+        except ConfigError as error:
+            raise ConfigError(f"setting '{MODEL_KEY}.backbone'", error.problem, error.fix) from None
+        for key, value in (("teacher_temp", teacher_temp), ("ema_momentum", ema_momentum)):
+            if len(value) != 2:
+                raise ConfigError(
+                    f"setting '{MODEL_KEY}.{key}'", f"needs two values [start, end], got {value}"
+                )
+        if bands is not None and in_chans is not None and len(bands) != in_chans:
             raise ConfigError(
-                "setting 'bands'",
+                f"setting '{MODEL_KEY}.bands'",
                 f"lists {len(bands)} bands but in_chans is {in_chans}",
                 "give one band name per input channel",
             )
@@ -160,16 +372,99 @@ class CMIDTask(BaseTask):
         super().__init__()
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        """Whether the networks exist (built once in_chans and chip_size are known)."""
+        return "model" in self._modules
+
     def configure_models(self) -> None:
+        """Build the networks now if the band count and chip size are known, else in setup."""
+        self._absorb_model_kwargs()
         hp = self.hparams
+        check_chip_size(
+            hp["backbone"], hp["chip_size"], hp["mask_block"], chip_key=f"{MODEL_KEY}.chip_size"
+        )
+        if hp["in_chans"] is not None and hp["chip_size"] is not None:
+            self._build()
+
+    def _absorb_model_kwargs(self) -> None:
+        """The ``model_kwargs`` dict of old checkpoints → the flat arguments."""
+        legacy = dict(self.hparams.get("model_kwargs") or {})
+        if not legacy:
+            return
+        backbone_kwargs = legacy.pop("backbone_kwargs", None) or {}
+        if "drop_path_rate" in backbone_kwargs:
+            legacy["drop_path_rate"] = backbone_kwargs["drop_path_rate"]
+        unknown = sorted(set(legacy) - {*METHOD_ARGS, "drop_path_rate"})
+        if unknown:
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.model_kwargs'",
+                f"unknown key '{unknown[0]}'{did_you_mean(unknown[0], METHOD_ARGS)}",
+                f"give the method settings as CMIDTask arguments ({', '.join(METHOD_ARGS)})",
+            )
+        self.hparams.update(legacy)
+        self.hparams["model_kwargs"] = None
+
+    def _build(self) -> None:
+        hp = self.hparams
+        family = family_of(hp["backbone"])
+        backbone_kwargs = {"drop_path_rate": hp["drop_path_rate"]} if family != "resnet" else {}
         self.model = CMIDModel(
             hp["backbone"],
-            hp["in_chans"],
-            hp["chip_size"],
+            int(hp["in_chans"]),
+            int(hp["chip_size"]),
             pretrained_path=hp["pretrained"],
-            **(hp["model_kwargs"] or {}),
+            **{k: hp[k] for k in METHOD_ARGS},
+            backbone_kwargs=backbone_kwargs,
         )
         self.views = self.model.view_transform(self.rgb_indices, **(hp["photometric"] or {}))
+
+    def setup(self, stage: str) -> None:
+        """Fill the data-derived arguments from ``trainer.datamodule``, then build the networks.
+
+        The filled values go into ``hparams`` (checkpoints and the model card carry them); set
+        values are checked against the data (:func:`fill_data_args`). ``view_seed`` unset takes
+        the run's ``seed_everything``.
+        """
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        filled = fill_data_args(self.hparams, data_args_of(datamodule))
+        if self.built:
+            for key in ("in_chans", "chip_size"):
+                if filled[key] != self.hparams[key]:
+                    raise ConfigError(
+                        f"setting '{MODEL_KEY}.{key}'",
+                        f"the model was built for {self.hparams[key]} but the data have "
+                        f"{filled[key]}",
+                        f"leave {MODEL_KEY}.{key} unset (null) to follow the data",
+                    )
+        self.hparams.update(filled)
+        if self.hparams["view_seed"] is None:
+            # Lightning exports the run's seed: one seed_everything seeds weights and views
+            self.hparams["view_seed"] = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # the hyperparameters loggers record (merged with the datamodule's, which must agree)
+        initial = getattr(self, "_hparams_initial", None)
+        if initial is not None:
+            initial.update({k: self.hparams[k] for k in (*DATA_ARGS, "view_seed")})
+        if self.built:
+            # built before the RGB bands were known: the views follow the filled names
+            self.views = self.model.view_transform(
+                self.rgb_indices, **(self.hparams["photometric"] or {})
+            )
+            return
+        missing = [k for k in ("in_chans", "chip_size") if self.hparams[k] is None]
+        if missing:
+            raise ConfigError(
+                f"setting '{MODEL_KEY}.{missing[0]}'",
+                "is not set and there is no datamodule to take it from",
+                f"set {' and '.join(missing)}, or train with a datamodule such as "
+                "geocmid.datamodules.PretrainDataModule",
+            )
+        chip_key = "data.init_args.chip_size" if datamodule is not None else None
+        check_chip_size(
+            self.hparams["backbone"], self.hparams["chip_size"], self.hparams["mask_block"],
+            chip_key=chip_key or f"{MODEL_KEY}.chip_size",
+        )  # fmt: skip
+        self._build()
 
     @property
     def rgb_indices(self) -> list[int] | None:
@@ -179,7 +474,7 @@ class CMIDTask(BaseTask):
             return None
         if bands is None or any(b not in bands for b in rgb):
             raise ConfigError(
-                "setting 'rgb_bands'",
+                f"setting '{MODEL_KEY}.rgb_bands'",
                 f"{list(rgb)} are not all among the bands {list(bands or [])}",
                 "name three of the data's bands (the catalog entry's 'rgb')",
             )
@@ -199,9 +494,9 @@ class CMIDTask(BaseTask):
         if self._generator is None or self._generator.device != device:
             rank = self.trainer.global_rank if self._trainer is not None else 0
             step = self.trainer.global_step if self._trainer is not None else 0
-            seed = np.random.SeedSequence([self.hparams["view_seed"], rank, step]).generate_state(
-                1
-            )[0]
+            base = self.hparams["view_seed"]
+            base = int(os.environ.get("PL_GLOBAL_SEED", 0)) if base is None else int(base)
+            seed = np.random.SeedSequence([base, rank, step]).generate_state(1)[0]
             self._generator = torch.Generator(device=device).manual_seed(int(seed))
         return self._generator
 
@@ -268,15 +563,13 @@ class CMIDTask(BaseTask):
 
     # ------------------------------------------------------------------------------------------
     def per_device_batch(self) -> int:
-        """Per-device batch size: the datamodule's, else the ``batch_size`` argument."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        size = getattr(dm, "hparams", {}).get("batch_size") if dm is not None else None
-        size = size or getattr(dm, "batch_size", None) or self.hparams["batch_size"]
+        """Per-device batch size: ``batch_size`` (filled from the datamodule in :meth:`setup`)."""
+        size = self.hparams["batch_size"]
         if not size:
             raise ConfigError(
-                "setting 'batch_size'",
-                "the per-device batch size is unknown (the datamodule has no batch_size)",
-                "pass batch_size to CMIDTask",
+                f"setting '{MODEL_KEY}.batch_size'",
+                "the per-device batch size is unknown (no datamodule with a batch_size)",
+                "set batch_size, or train with a datamodule that has one",
             )
         return int(size)
 

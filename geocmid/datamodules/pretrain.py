@@ -33,16 +33,18 @@ class PretrainDataModule(CatalogDataModule):
 
     Loader batches hold raw pixel values; the Trainer normalises them on the device through
     :meth:`on_after_batch_transfer` (call it yourself when iterating the loader by hand).
+    :meth:`task_args` tells :class:`~geocmid.cmid.task.CMIDTask` what the data decide (bands,
+    statistics, chip size ...). The defaults are the paper's (224 px chips, 64 per GPU).
 
     Args:
-        entry: imagery entry name (or YAML path) in ``catalog``.
-        catalog: catalog folder.
-        chip_size: chip edge in pixels.
-        batch_size: chips per batch on each rank.
-        chips_per_epoch: chips per epoch over all ranks together.
-        num_workers: data-loading processes per rank.
-        max_nodata: chips with a larger nodata fraction (0-1) are replaced by new draws.
-        seed: sampling seed (each rank derives its own from it).
+        entry: imagery catalog entry to pretrain on (name, or path of its YAML file).
+        catalog: catalog folder (default: $GEOCMID_CATALOG, else data_catalog).
+        chip_size: square chip edge in px (a multiple of the mask block and backbone stride).
+        batch_size: chips per batch on each device.
+        chips_per_epoch: chips per epoch over all devices together.
+        num_workers: data-loading processes per device.
+        max_nodata: chips with a larger nodata fraction (0-1) are redrawn.
+        seed: chip sampling seed (each rank derives its own from it).
     """
 
     def __init__(
@@ -50,9 +52,9 @@ class PretrainDataModule(CatalogDataModule):
         entry: str,
         catalog: str | Path | None = None,
         chip_size: int = 224,
-        batch_size: int = 16,
-        chips_per_epoch: int = 1024,
-        num_workers: int = 0,
+        batch_size: int = 64,
+        chips_per_epoch: int = 16384,
+        num_workers: int = 4,
         max_nodata: float = 0.5,
         seed: int = 0,
     ) -> None:
@@ -66,6 +68,28 @@ class PretrainDataModule(CatalogDataModule):
     @property
     def bands(self) -> list[str]:
         return list(self.entry.bands)
+
+    def task_args(self) -> dict[str, Any]:
+        """What the data decide for :class:`~geocmid.cmid.task.CMIDTask` (its ``DATA_ARGS``).
+
+        Band names, RGB bands, normalisation statistics (raw units; computed now if the entry
+        has none), ground sampling distance (CRS units per pixel), entry name, chip size and
+        per-device batch. Opens the rasters (:meth:`setup`).
+        """
+        self.setup()
+        entry, hp = self.entry, self.hparams
+        assert self.dataset is not None and entry.stats
+        gsd = float(entry.res) if entry.res else float(self.dataset.res[0])
+        return {
+            "bands": list(entry.bands),
+            "rgb_bands": list(entry.rgb) or None,
+            "mean": [float(v) for v in entry.stats["mean"]],
+            "std": [float(v) for v in entry.stats["std"]],
+            "gsd": gsd,
+            "data": entry.name,
+            "chip_size": int(hp.chip_size),
+            "batch_size": int(hp.batch_size),
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:

@@ -34,14 +34,18 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     )  # fmt: skip
     run_dir = tmp_path / "run"
     cfg = {
-        "data": {"catalog": str(cat), "entry": "scene", "chip_size": 64, "batch_size": 2,
-                 "chips_per_epoch": 8, "num_workers": 0},
-        "model": {"backbone": "resnet18", **TINY_MODEL},
-        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
-                    "limit_train_batches": 2},
-        "health": {"quicklook_every_n_epochs": 1},
-        "debug": {"dump_rank_state": True},
-        "run_dir": str(run_dir),
+        "trainer": {
+            "max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+            "limit_train_batches": 2, "default_root_dir": str(run_dir),
+            "callbacks": [
+                {"class_path": "geocmid.cmid.callbacks.QuickLook",
+                 "init_args": {"every_n_epochs": 1}},
+                {"class_path": "geocmid.cmid.callbacks.RankStateDump"},
+            ],
+        },
+        "model": {"init_args": {"backbone": "resnet18", **TINY_MODEL}},
+        "data": {"init_args": {"catalog": str(cat), "entry": "scene", "chip_size": 64,
+                               "batch_size": 2, "chips_per_epoch": 8, "num_workers": 0}},
     }  # fmt: skip
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -66,3 +70,8 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     assert ranks[0]["center"].abs().sum() > 0  # the centre did move
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    # the DDP rule: no buffer broadcast (equality above is earned), no SyncBN on CPUs
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]
+    assert resolved["strategy"]["class_path"].endswith("DDPStrategy")
+    assert resolved["strategy"]["init_args"]["broadcast_buffers"] is False
+    assert resolved["sync_batchnorm"] is False

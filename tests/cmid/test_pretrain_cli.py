@@ -49,17 +49,24 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(path: Path, catalog: Path, entry: str, backbone: str, run_dir: Path, **extra):
+    """A tiny Lightning CLI pretraining config; ``extra`` updates ``model`` / ``data`` init_args
+    and ``trainer`` (``{"model": {"mask_ratio": 0.5}}``)."""
     cfg = {
-        "data": {"catalog": str(catalog), "entry": entry, "chip_size": 64, "batch_size": 2,
-                 "chips_per_epoch": 4, "num_workers": 0},
-        "model": {"backbone": backbone, **TINY_MODEL},
-        "optim": {"warmup_epochs": 1},
-        "trainer": {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1},
-        "health": {"quicklook_every_n_epochs": 1},
-        "run_dir": str(run_dir),
+        "trainer": {
+            "max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1,
+            "default_root_dir": str(run_dir),
+            "callbacks": [{"class_path": "geocmid.cmid.callbacks.QuickLook",
+                           "init_args": {"every_n_epochs": 1}}],
+        },
+        "model": {"class_path": "geocmid.cmid.CMIDTask",
+                  "init_args": {"backbone": backbone, "warmup_epochs": 1, **TINY_MODEL}},
+        "data": {"class_path": "geocmid.datamodules.PretrainDataModule",
+                 "init_args": {"catalog": str(catalog), "entry": entry, "chip_size": 64,
+                               "batch_size": 2, "chips_per_epoch": 4, "num_workers": 0}},
     }  # fmt: skip
     for section, values in extra.items():
-        cfg[section].update(values)
+        node = cfg[section] if section == "trainer" else cfg[section]["init_args"]
+        node.update(values)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -81,8 +88,22 @@ def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> Non
     assert main(["pretrain", "--config", str(config)]) == 0
     ckpt = last_ckpt(run_dir)
     assert ckpt["global_step"] == 1
-    assert ckpt["hyper_parameters"]["bands"] == ["r", "g", "b"]
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "torchgeo_fit.yaml").is_file()
+    hp = ckpt["hyper_parameters"]  # the data-derived values, filled in from the datamodule
+    assert hp["bands"] == ["r", "g", "b"] and hp["in_chans"] == 3 and hp["chip_size"] == 64
+    from geocmid.data.catalog import Catalog
+
+    stats = Catalog(catalog).get("rgb").stats
+    assert hp["mean"] == pytest.approx(stats["mean"]) and hp["batch_size"] == 2
+    # the run folder's config is a plain Lightning CLI config that reproduces the run
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert written["model"]["class_path"] == "geocmid.cmid.CMIDTask"
+    assert written["trainer"]["limit_train_batches"] == 1  # an int stays one batch
+    from lightning.pytorch.cli import LightningCLI
+
+    cli = LightningCLI(args=["--config", str(run_dir / "config.yaml")], run=False)
+    parsed = {k: v for k, v in cli.model.hparams.items() if v is not None}
+    assert parsed == {k: hp[k] for k in parsed}  # the data-derived ones are left to the data
+    assert parsed["queue_size"] == 64 and cli.datamodule.hparams["entry"] == "rgb"
     assert list((run_dir / "quicklook").glob("recon_epoch0001.png"))
     assert list((run_dir / "tensorboard").glob("version_0/events.out.tfevents.*"))
     rows = metrics(run_dir)
@@ -152,13 +173,18 @@ def test_vit_on_3_bands_with_dotted_overrides(catalog: Path, tmp_path: Path) -> 
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
     args = ["pretrain", "--config", str(config), "--backbone", "vit_small",
-            "--set", "model.mask_ratio=0.5", "--optim.optimizer", "adamw",
-            "--health.knn_entry", "chips", "--set", "health.knn_k=3"]  # fmt: skip
+            "--set", "model.mask_ratio=0.5", "--model.optimizer", "adamw",
+            "--trainer.callbacks.HealthMonitor.knn_entry", "chips",
+            "--set", "trainer.callbacks.HealthMonitor.knn_k=3"]  # fmt: skip
     assert main(args) == 0
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["model"]["backbone"] == "vit_small"
-    assert resolved["model"]["mask_ratio"] == 0.5 and resolved["optim"]["optimizer"] == "adamw"
-    assert last_ckpt(run_dir)["hyper_parameters"]["model_kwargs"]["mask_ratio"] == 0.5
+    model = resolved["model"]["init_args"]
+    assert model["backbone"] == "vit_small"
+    assert model["mask_ratio"] == 0.5 and model["optimizer"] == "adamw"
+    monitor = [c for c in resolved["trainer"]["callbacks"] if c["class_path"].endswith("Monitor")]
+    assert monitor[0]["init_args"]["knn_entry"] == "chips"
+    assert monitor[0]["init_args"]["knn_k"] == 3
+    assert last_ckpt(run_dir)["hyper_parameters"]["mask_ratio"] == 0.5
     assert any(r.get("health/knn_acc") for r in metrics(run_dir))
 
 
@@ -181,16 +207,24 @@ def test_real_geotiff(shared_data: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "args", "message"),
     [
-        ({"model": {"mask_ration": 0.5}}, [], "did you mean 'model.mask_ratio'"),
-        ({}, ["--set", "data.chipsize=64"], "did you mean 'data.chip_size'"),
-        ({"data": {"chip_size": 48}}, [], "data.chip_size"),
-        ({"model": {"backbone": "vit_small"}, "data": {"chip_size": 80}}, [], "data.chip_size"),
-        ({"model": {"in_chans": 4}}, [], "model.in_chans"),
-        ({"model": {"bands": ["b", "g", "r"]}}, [], "model.bands"),
-        ({"model": {"backbone": "resnet51"}}, [], "did you mean"),
+        ({"model": {"mask_ration": 0.5}}, [], "did you mean 'mask_ratio'"),
+        ({}, ["--set", "data.chipsize=64"], "did you mean 'chip_size'"),
+        ({}, ["--set", "trainer.max_epoch=2"], "did you mean 'max_epochs'"),
+        ({"data": {"chip_size": 48}}, [], "data.init_args.chip_size"),
+        ({"model": {"backbone": "vit_small"}, "data": {"chip_size": 80}}, [],
+         "data.init_args.chip_size"),
+        ({"model": {"mask_block": 30}}, [], "model.init_args.mask_block"),
+        ({"model": {"in_chans": 4}}, [], "model.init_args.in_chans"),
+        ({"model": {"bands": ["b", "g", "r"]}}, [], "model.init_args.bands"),
+        ({"model": {"backbone": "resnet51"}}, [], "did you mean 'resnet50'"),
+        ({"model": {"optimizer": "adamx"}}, [], "did you mean 'adamw'"),
         ({"data": {"batch_size": "eight"}}, [], "expected int"),
+        ({"data": {"entry": None}}, [], "data.init_args.entry"),
+        ({"data": {"entry": "chips"}}, [], "image_folder"),
+        ({}, ["--set", "optim.base_lr=1e-3"], "it is now 'model.base_lr'"),
+        ({}, ["--set", "trainer.callbacks.QuickLok.every_n_epochs=1"], "did you mean 'QuickLook'"),
     ],
-)
+)  # fmt: skip
 def test_config_errors(catalog, tmp_path, capsys, extra, args, message) -> None:
     config = write_config(
         tmp_path / "c.yaml", catalog, "rgb", "resnet18", tmp_path / "run", **extra
@@ -201,12 +235,23 @@ def test_config_errors(catalog, tmp_path, capsys, extra, args, message) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_old_config_layout_is_refused_with_the_new_keys(tmp_path: Path, capsys) -> None:
+    old = {"data": {"entry": "rgb"}, "optim": {"base_lr": 1e-3}, "run_dir": str(tmp_path / "r")}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert main(["pretrain", "--config", str(tmp_path / "old.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "former `geocmid pretrain` schema" in err and "now 'model.base_lr'" in err
+
+
 def test_dry_run_prints_resolved_config(catalog: Path, tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "c.yaml", catalog, "s2", "resnet18", tmp_path / "run")
     assert main(["pretrain", "--config", str(config), "--dry-run", "--chip-size", "96"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["data"]["chip_size"] == 96 and resolved["model"]["in_chans"] == 13
-    assert len(resolved["model"]["bands"]) == 13
+    assert resolved["data"]["init_args"]["chip_size"] == 96
+    model = resolved["model"]["init_args"]
+    assert model["in_chans"] == 13 and len(model["bands"]) == 13 and model["chip_size"] == 96
+    assert model["gsd"] == 20.0 and model["data"] == "s2"
+    assert resolved["trainer"]["max_epochs"] == 1 and resolved["seed_everything"] == 322
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from geocmid.cmid.callbacks import HealthMonitor, KNNProbe, embedding_health, knn_accuracy
-from geocmid.cmid.task import CMIDTask, lr_factor, param_groups
+from geocmid.cmid.task import CMIDTask, fill_data_args, lr_factor, param_groups
+from geocmid.errors import ConfigError
 from tests.cmid.test_pretrain_cli import TINY_MODEL
 from tests.rasters import write_entry, write_raster
 
@@ -30,7 +31,7 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 
 def test_no_weight_decay_on_1d_params_and_frozen_teacher() -> None:
-    task = CMIDTask("resnet18", 3, 64, model_kwargs=TINY_MODEL)
+    task = CMIDTask("resnet18", 3, 64, **TINY_MODEL)
     decay, no_decay = param_groups(task.model, 0.02)
     assert decay["weight_decay"] == 0.02 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(
@@ -74,7 +75,7 @@ def test_training_step_ema_lr_scaling_and_logging(tmp_path: Path) -> None:
     loader = DataLoader([{"image": torch.randn(3, 64, 64)} for _ in range(4)], batch_size=2)
     task = CMIDTask(
         "resnet18", 3, 64, bands=["r", "g", "b"], rgb_bands=["r", "g", "b"],
-        model_kwargs=TINY_MODEL, batch_size=2, base_lr=2.56e-2, warmup_epochs=0.5,
+        **TINY_MODEL, batch_size=2, base_lr=2.56e-2, warmup_epochs=0.5,
     )  # fmt: skip
     probe = _Probe()
     trainer = L.Trainer(
@@ -133,3 +134,59 @@ def test_knn_probe_from_image_folder_entry(tmp_path: Path) -> None:
     assert probe.images.shape == (12, 3, 64, 64) and probe.query.sum() == 4
     # the raw mean intensity separates these two classes perfectly
     assert probe.accuracy(lambda x: x.mean(dim=(2, 3)) + torch.tensor([0.0, 1.0, 0.0])) == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# settings: flat arguments, data-derived values, old checkpoints
+def test_networks_wait_for_the_data() -> None:
+    task = CMIDTask()  # the paper's settings; band count and chip size come from the data
+    assert not task.built and task.hparams["in_chans"] is None
+    assert task.hparams["base_lr"] == 4e-3 and task.hparams["optimizer"] == "adan"
+    built = CMIDTask("resnet18", 4, 64, **TINY_MODEL)
+    assert built.built and built.model.global_loss.queue.bank.shape[0] == 64
+
+
+DATA = {
+    "bands": ["b", "g", "r"], "rgb_bands": ["r", "g", "b"], "mean": [1.0, 2.0, 3.0],
+    "std": [4.0, 5.0, 6.0], "gsd": 10.0, "data": "scene", "chip_size": 64, "batch_size": 2,
+}  # fmt: skip
+
+
+def test_data_args_filled_and_checked() -> None:
+    hp = dict(CMIDTask().hparams)
+    filled = fill_data_args(hp, DATA)
+    assert filled["in_chans"] == 3 and filled["bands"] == ["b", "g", "r"]
+    assert filled["mean"] == [1.0, 2.0, 3.0] and filled["chip_size"] == 64
+    # set values that agree pass; rgb_bands / gsd / data may be chosen freely
+    same = {**hp, "in_chans": 3, "chip_size": 64, "rgb_bands": ["b", "g", "r"], "gsd": 2.0}
+    assert fill_data_args(same, DATA)["rgb_bands"] == ["b", "g", "r"]
+    assert fill_data_args(same, DATA)["gsd"] == 2.0
+    for key, value in (("in_chans", 4), ("bands", ["r", "g", "b"]), ("chip_size", 96),
+                       ("batch_size", 8), ("mean", [1.0, 2.0, 9.0]),
+                       ("rgb_bands", ["r", "g", "nir"])):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"model.init_args.{key}"):
+            fill_data_args({**hp, key: value}, DATA)
+
+
+def test_old_checkpoint_model_kwargs() -> None:
+    legacy = {**TINY_MODEL, "mask_ratio": 0.5, "backbone_kwargs": {}}
+    task = CMIDTask("resnet18", 3, 64, model_kwargs=legacy)
+    assert task.hparams["mask_ratio"] == 0.5 and task.hparams["queue_size"] == 64
+    assert task.model.mask_ratio == 0.5 and task.hparams["model_kwargs"] is None
+    with pytest.raises(ConfigError, match="did you mean 'mask_ratio'"):
+        CMIDTask("resnet18", 3, 64, model_kwargs={"mask_ration": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"optimizer": "adamx"}, "optimizer"),
+        ({"backbone": "resnet51"}, "backbone"),
+        ({"mask_block": 30}, "mask_block"),
+        ({"chip_size": 80, "in_chans": 3}, "chip_size"),
+        ({"teacher_temp": (0.04,)}, "teacher_temp"),
+    ],
+)
+def test_bad_settings_name_the_setting(kwargs, key) -> None:
+    with pytest.raises(ConfigError, match=f"model.init_args.{key}"):
+        CMIDTask(**{"backbone": "resnet18", **kwargs})
