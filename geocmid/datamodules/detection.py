@@ -90,6 +90,9 @@ class DetectionDataModule(CatalogDataModule):
         # mean/std stay out of the hparams: Lightning refuses to log a datamodule whose initial
         # hparams differ from the task's (the task records the statistics actually used)
         self.save_hyperparameters(ignore=["mean", "std"])
+        # chip_size is a task argument too (None there until setup): Lightning refuses to merge
+        # differing values for the loggers; the run's config.yaml records the datamodule's
+        self._log_hyperparams = False
         self.mean = None if mean is None else [float(v) for v in mean]
         self.std = None if std is None else [float(v) for v in std]
         if area not in ("images", "labels"):

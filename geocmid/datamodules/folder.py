@@ -22,6 +22,7 @@ from geocmid.data.chips import random_flips
 from geocmid.data.datasets import image_folder_dataset
 from geocmid.data.stats import Normalize
 from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,13 @@ class ImageFolderDataModule(CatalogDataModule):
         hp = self.hparams
         entry = self.catalog.get_kind(hp.entry, ImageFolderEntry)
         dataset = image_folder_dataset(entry)
+        if len(dataset.classes) < 2:
+            raise DataError(
+                entry.where,
+                f"has {len(dataset.classes)} class folder(s) ({', '.join(dataset.classes)}); "
+                "scene classification needs at least 2",
+                "add one sub-folder of images per class",
+            )
         labels = np.array([label for _, label in dataset.samples])
         rng = np.random.default_rng(hp.seed)
         self.splits = [[], [], []]

@@ -191,5 +191,16 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
     def encoder_modules(self) -> list[nn.Module]:
         return [self.model.encoder]
 
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # TorchGeo's step plots through its own datamodules only (under a TensorBoard logger it
+        # would call datamodule.plot); ours plot in ReportCallback. Same loss and metrics.
+        x, y = batch["image"], batch["mask"]
+        if not self.hparams["model"].startswith("fcsiam") and self.hparams["model"] != "changevit":
+            x = rearrange(x, "b t c h w -> b (t c) h w")
+        y = y.squeeze(1).long() if y.ndim == 4 else y.long()
+        y_hat = self(x)
+        self.log("val_loss", self.criterion(y_hat, y), batch_size=x.shape[0])
+        self.val_metrics(y_hat, y)
+
 
 __all__ = ["MODELS", "ChangeTask", "EarlyFusion", "build_change_model"]

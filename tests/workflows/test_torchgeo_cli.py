@@ -17,7 +17,7 @@ import yaml
 from geocmid.cli import main
 from geocmid.tasks import load_for_prediction
 from geocmid.workflows.config import check_class_paths, load_config
-from tests.workflows.conftest import RECIPES, TINY
+from tests.workflows.conftest import RECIPES, TINY, TINY_EXTRA
 
 SEGMENTATION = RECIPES / "finetune-segmentation.yaml"
 
@@ -66,6 +66,48 @@ def test_geocmid_fit_runs_the_same_config(demo_catalog: Path, tmp_path: Path) ->
     assert main(["test", "--config", str(out / "config.yaml"),
                  "--ckpt", str(out / "checkpoints" / "last.ckpt")]) == 0  # fmt: skip
     assert (out / "test" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "report"),
+    [
+        ("finetune-change.yaml", "change", "confusion_val.csv"),
+        ("finetune-classification-chips.yaml", "classification", "confusion_val.csv"),
+        ("finetune-classification-folder.yaml", "classification", "samples_val.png"),
+        ("finetune-detection.yaml", "detection", "detections_val.png"),
+    ],
+)
+def test_torchgeo_fit_runs_every_finetune_config(
+    demo_catalog: Path, tmp_path: Path, name: str, task: str, report: str
+) -> None:
+    from torchgeo.main import main as torchgeo_main
+
+    root = tmp_path / "tg"
+    options = {**TINY, **TINY_EXTRA.get(name, {})}
+    torchgeo_main([
+        "fit", "--config", str(RECIPES / name), "--trainer.fast_dev_run=true",
+        f"--data.init_args.catalog={demo_catalog}", f"--trainer.default_root_dir={root}",
+        "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *[f"--{key}={value}" for key, value in options.items()],
+    ])  # fmt: skip
+    (ckpt,) = root.rglob("last.ckpt")
+    assert list(root.rglob(report))
+    _, card = load_for_prediction(ckpt)
+    assert card["task"] == task and card["in_chans"] in (3, 4) and card["chip_size"] == 32
+
+
+def test_geocmid_fit_runs_the_detection_config(demo_catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "det"
+    name = "finetune-detection.yaml"
+    options = {**TINY, **TINY_EXTRA[name], "trainer.enable_progress_bar": "false"}
+    argv = ["--catalog", str(demo_catalog), "fit", "--config", str(RECIPES / name),
+            "--fast-dev-run", "--out", str(out),
+            *[a for k, v in options.items() for a in ("--set", f"{k}={v}")]]  # fmt: skip
+    assert main(argv) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["task"] == "detection" and card["classes"][0]["name"] == "background"
+    assert (out / "reports" / "detections_val.png").is_file()
 
 
 def test_python_api_with_the_same_classes(demo_catalog: Path, tmp_path: Path) -> None:
