@@ -38,20 +38,6 @@ write their logs into <out>/validate or <out>/test.
 SECTIONS = ("trainer", "model", "data", "seed_everything", "ckpt_path")
 
 
-def __getattr__(name: str) -> Any:
-    # Transitional: geocmid.recipes reads these from here until it moves to the workflow layer
-    # (geocmid.tasks.registry.TASKS, geocmid.workflows.config). Nothing here lists tasks.
-    if name == "TASK_NAMES":
-        from geocmid.tasks.registry import TASKS
-
-        return {task: record.task_class for task, record in TASKS.items()}
-    if name in ("load_config", "set_value", "TOP_KEYS"):
-        from geocmid.workflows import config
-
-        return getattr(config, name)
-    raise AttributeError(f"module 'geocmid.cli.fit' has no attribute '{name}'")
-
-
 class _FitParser(argparse.ArgumentParser):
     """Takes Lightning-style ``--model.init_args.lr 1e-3`` / ``--trainer.max_epochs=3`` too:
     they become ``--set`` overrides (applied after the ``--set`` ones, before the shortcuts)."""
