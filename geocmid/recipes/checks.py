@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from geocmid.errors import ConfigError, DataError, ModelError
 from geocmid.recipes.resolve import Resolved, is_raster_path
 
@@ -31,6 +29,7 @@ class SceneInfo:
     height: int
     count: int
     bounds: tuple[float, float, float, float]
+    entry: str | None = None  # the imagery entry it is read from (None: a file path)
 
     @property
     def area_km2(self) -> float:
@@ -58,50 +57,62 @@ class Facts:
 
 
 def fit_config(res: Resolved) -> dict[str, Any]:
-    """The finetune step's config with the recipe's shortcuts and ``set`` values applied."""
-    from geocmid.cli import fit
+    """The finetune step's config as it will run: file + recipe shortcuts + ``set`` values,
+    checked by the workflow layer (keys, class paths, init arguments) without running."""
+    from geocmid.recipes.steps import finetune_call
+    from geocmid.workflows.training import prepare_config
 
-    step = res.steps["finetune"]
-    config = fit.load_config(res.configs["finetune"])
-    for key, value in step["set"].items():
-        if key.split(".")[0] not in fit.TOP_KEYS:
-            raise res.recipe.error(
-                f"steps.finetune.set.{key}",
-                f"'{key.split('.')[0]}' is not a section of a fine-tuning config",
-                f"sections: {', '.join(sorted(fit.TOP_KEYS))}",
-            )
-        fit.set_value(config, key, value)
-    for key in ("entry", "labels"):
-        if step[key] is not None:
-            fit.set_value(config, f"data.{key}", step[key])
+    call = finetune_call(res)
+    try:
+        config, _, _ = prepare_config(call.config, overrides=call.overrides, weights=call.weights)
+    except ConfigError as error:
+        raise _step_error(res, "finetune", call.overrides, error) from None
     return config
 
 
+def pretrain_config(res: Resolved) -> dict[str, Any]:
+    """The pretrain step's config as it will run (defaults filled in), checked without data."""
+    from geocmid.recipes.steps import pretrain_call
+    from geocmid.workflows.pretrain import assemble, check_task_args
+
+    call = pretrain_call(res)
+    try:
+        config, where = assemble(call.config, call.overrides)
+        check_task_args(config, where)
+    except ConfigError as error:
+        if "data.init_args.entry" in error.where and res.steps["pretrain"]["entry"] is None:
+            raise res.recipe.error(
+                "steps.pretrain.entry", "no imagery entry to pretrain on",
+                "set steps.pretrain.entry: ENTRY (`geocmid catalog list` shows them)",
+            ) from None  # fmt: skip
+        raise _step_error(res, "pretrain", call.overrides, error) from None
+    return config
+
+
+def _step_error(
+    res: Resolved, step: str, overrides: list[tuple[str, Any]], error: ConfigError
+) -> ConfigError:
+    """Point an error about an override of the step's ``set`` block at its recipe line."""
+    for key in res.steps[step]["set"]:
+        head, _, rest = key.partition(".")
+        long = f"{head}.init_args.{rest}" if head in ("model", "data") and rest else key
+        if any(k in text for k in (key, long) for text in (error.where, error.problem)):
+            return res.recipe.error(f"steps.{step}.set.{key}", error.problem, error.fix)
+    return error
+
+
 def task_of(config: dict[str, Any]) -> str:
-    """Short task name of a fit config (segmentation, change, classification, detection)."""
-    from geocmid.cli.fit import TASK_NAMES
+    """Registry name of a fit config's task (segmentation, change, classification, detection)."""
+    from geocmid.tasks.registry import task_of_class_path
 
     path = str(config.get("model", {}).get("class_path", ""))
-    for short, full in TASK_NAMES.items():
-        if path in (short, full) or path.endswith(full.rsplit(".", 1)[1]):
-            return short
-    return "segmentation"
+    return task_of_class_path(path) or "segmentation"
 
 
 def check_configs(res: Resolved) -> None:
-    """Keys of the step overrides against the commands' own schemas (no data needed)."""
-    from geocmid.cli import pretrain_config
-
+    """Keys of the step overrides against the workflows' own checks (no data needed)."""
     if "pretrain" in res.steps:
-        with res.configs["pretrain"].open() as f:
-            yaml.safe_load(f)
-        for key in res.steps["pretrain"]["set"]:
-            try:
-                pretrain_config._spec(key, "")
-            except ConfigError as error:
-                raise res.recipe.error(
-                    f"steps.pretrain.set.{key}", error.problem, error.fix
-                ) from None
+        pretrain_config(res)
     if "finetune" in res.steps:
         fit_config(res)
 
@@ -125,52 +136,49 @@ def _entry_bands(res: Resolved, name: str) -> tuple[list[str] | None, float | No
     return None, None
 
 
-def _scene_files(res: Resolved, key: str, item: str) -> list[tuple[str, Path]]:
+def _scenes(res: Resolved, key: str, item: str) -> list[SceneInfo]:
+    """Scenes of one ``steps.predict.scenes`` item: a raster file, an imagery entry (read on
+    its grid exactly as training reads it: band files, nodata, assign_crs, mosaics) or a
+    bitemporal entry (its two dates)."""
     from geocmid.data.catalog import BitemporalEntry, ImageryEntry
+    from geocmid.data.rasters import raster_info
+    from geocmid.data.sources import imagery_source
 
     if is_raster_path(item) or Path(item).is_file():
-        if not Path(item).is_file():
+        path = Path(item)
+        if not path.is_file():
             raise res.recipe.error(key, f"scene file '{item}' not found", "check the path")
-        return [(Path(item).stem, Path(item))]
+        info = raster_info(path)
+        crs = info.crs.to_string() if info.crs else ""
+        return [SceneInfo(path.stem, path, crs, float(info.res[0]), info.width, info.height,
+                          info.count, tuple(info.bounds))]  # fmt: skip
     entry = _catalog(res).get(item)
     if isinstance(entry, BitemporalEntry):
-        return _scene_files(res, key, entry.before) + _scene_files(res, key, entry.after)
+        return _scenes(res, key, entry.before) + _scenes(res, key, entry.after)
     if not isinstance(entry, ImageryEntry):
         raise res.recipe.error(
             key, f"'{item}' is a {entry.kind} entry", "name imagery or bitemporal entries or files"
         )
-    files = entry.files()
-    if len(files) != 1:
-        raise res.recipe.error(
-            key, f"entry '{item}' has {len(files)} files; a scene is one raster",
-            "name the files themselves (a list of paths), one scene each",
-        )  # fmt: skip
-    return [(item, files[0])]
+    source = imagery_source(entry)
+    grid = source.grid
+    crs = grid.crs.to_string() if grid.crs else ""
+    path = Path(source.files[0]) if source.files else Path(item)
+    return [SceneInfo(item, path, crs, float(grid.res[0]), grid.width, grid.height,
+                      len(source.bands), tuple(grid.bounds), entry=item)]  # fmt: skip
 
 
 def scene_infos(res: Resolved) -> list[SceneInfo]:
-    from geocmid.data.rasters import raster_info
-
     scenes = res.steps["predict"]["scenes"]
     items = [scenes] if isinstance(scenes, str) else list(scenes)
     out = []
     for i, item in enumerate(items):
         key = "steps.predict.scenes" + (f"[{i}]" if not isinstance(scenes, str) else "")
-        for name, path in _scene_files(res, key, str(item)):
-            info = raster_info(path)
-            crs = info.crs.to_string() if info.crs else ""
-            out.append(
-                SceneInfo(
-                    name,
-                    path,
-                    crs,
-                    float(info.res[0]),
-                    info.width,
-                    info.height,
-                    info.count,
-                    tuple(info.bounds),
-                )
-            )
+        out += _scenes(res, key, str(item))
+    if len({s.entry is None for s in out}) > 1:
+        raise res.recipe.error(
+            "steps.predict.scenes", "mixes raster files and catalog entries",
+            "name either files or entries (an entry for a file: an imagery entry with its path)",
+        )  # fmt: skip
     return out
 
 
@@ -216,7 +224,7 @@ def check_data(res: Resolved) -> Facts:
     pre_bands = None
     if "pretrain" in steps:
         entry = steps["pretrain"]["entry"] or (
-            yaml.safe_load(res.configs["pretrain"].read_text()).get("data", {}).get("entry")
+            pretrain_config(res)["data"]["init_args"].get("entry")
         )
         if entry is None:
             raise res.recipe.error("steps.pretrain.entry", "no imagery entry to pretrain on",

@@ -10,10 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from geocmid.recipes import steps as S
-from geocmid.recipes.checks import Facts, fit_config
+from geocmid.recipes.checks import Facts, fit_config, pretrain_config
 from geocmid.recipes.resolve import Resolved
 
 #: CPU seconds per chip pixel of one training step (ResNet-18), measured on 2 cores.
@@ -31,7 +29,7 @@ class StepPlan:
 
     name: str
     summary: str
-    commands: list[list[str]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     done: bool = False
     seconds: float = 0.0
     memory_gb: float = 0.0
@@ -44,28 +42,19 @@ def _factor(backbone: str | None, device: str) -> float:
 
 
 def _pretrain_plan(res: Resolved) -> StepPlan:
-    from geocmid.cli import pretrain_config
-
-    step = res.steps["pretrain"]
-    cfg = pretrain_config.defaults()
-    for section, values in (yaml.safe_load(res.configs["pretrain"].read_text()) or {}).items():
-        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
-            cfg[section].update(values)
-    for key, value in step["set"].items():
-        section, _, name = key.partition(".")
-        if isinstance(cfg.get(section), dict):
-            cfg[section][name] = value
-    backbone = step["backbone"] or cfg["model"]["backbone"]
-    epochs = step["epochs"] or cfg["trainer"]["max_epochs"]
-    chips, chip = cfg["data"]["chips_per_epoch"], cfg["data"]["chip_size"]
+    cfg = pretrain_config(res)
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    backbone = model.get("backbone") or "resnet50"
+    epochs = cfg["trainer"]["max_epochs"]
+    chips, chip = data.get("chips_per_epoch") or 16384, data.get("chip_size") or 224
     seconds = epochs * chips * chip**2 * PRETRAIN_S_PER_PX * _factor(backbone, res.spec["device"])
-    memory = 1.0 + cfg["data"]["batch_size"] * chip**2 * 2 * 2400 / 1e9 * _factor(backbone, "cpu")
-    entry = step["entry"] or cfg["data"]["entry"]
+    batch = data.get("batch_size") or 64
+    memory = 1.0 + batch * chip**2 * 2 * 2400 / 1e9 * _factor(backbone, "cpu")
     return StepPlan(
         "pretrain",
-        f"CMID {backbone} on '{entry}': {epochs} epochs × {chips} chips of {chip} px, "
-        f"then export → {res.export_stem}.safetensors",
-        [S.pretrain_argv(res), S.export_argv(res)],
+        f"CMID {backbone} on '{data.get('entry')}': {epochs} epochs × {chips} chips of {chip} "
+        f"px, then export → {res.export_stem}.safetensors",
+        [S.pretrain_call(res).display(), f"geocmid export ... {res.export_stem}"],
         S.pretrain_complete(res), seconds, memory,
     )  # fmt: skip
 
@@ -90,7 +79,7 @@ def _finetune_plan(res: Resolved, facts: Facts) -> StepPlan:
         f"{facts.task} {m.get('model', m.get('backbone', ''))} on '{d.get('entry')}'"
         + (f" / '{d.get('labels')}'" if d.get("labels") else "")
         + f": {epochs} epochs, ~{chips} chips of {chip} px; encoder from {weights}",
-        [S.finetune_argv(res)], S.finetune_complete(res), seconds, memory,
+        [S.finetune_call(res).display()], S.finetune_complete(res), seconds, memory,
     )  # fmt: skip
 
 
@@ -120,7 +109,8 @@ def _predict_plan(res: Resolved, facts: Facts) -> StepPlan:
         "predict",
         f"{what} on the {grid.name} grid: {n} windows of {step['window']} px "
         f"(overlap {step['overlap']}) → {res.maps_dir}/{step['name']}_* (COG, GPKG, QML styles)",
-        [S.predict_argv(res, facts)], S.predict_complete(res, facts.task), seconds, memory,
+        [S.predict_request(res, facts).display()], S.predict_complete(res, facts.task),
+        seconds, memory,
     )  # fmt: skip
 
 
@@ -131,7 +121,9 @@ def make_plan(res: Resolved, facts: Facts) -> list[StepPlan]:
         step = res.steps["demo_data"]
         plans.append(StepPlan(
             "demo_data", f"synthetic demo data, {step['size']} px, seed {step['seed']} → "
-            f"{res.demo_dir}", [S.demo_argv(res)], S.demo_complete(res), 3 + step["size"] / 60,
+            f"{res.demo_dir}",
+            [f"geocmid demo-data {res.demo_dir} --size {step['size']} --seed {step['seed']}"],
+            S.demo_complete(res), 3 + step["size"] / 60,
             0.5,
         ))  # fmt: skip
     if "pretrain" in res.steps:
@@ -166,8 +158,8 @@ def format_plan(res: Resolved, facts: Facts, plans: list[StepPlan]) -> str:
         if p.memory_gb:
             state += f", ~{p.memory_gb:.1f} GB" if not p.done else ""
         lines.append(f"  {i}. {p.name:9s} {p.summary}  [{state}]")
-        for argv in p.commands:
-            lines.append("       geocmid " + " ".join(argv))
+        for command in p.commands:
+            lines.append("       " + command)
     if facts.scenes:
         lines += ["", "inputs:"]
         for s in facts.scenes:

@@ -77,34 +77,6 @@ def fingerprint(settings: Any) -> str:
     ]
 
 
-def _worker_rank() -> bool:
-    """True in the extra processes of a multi-device run (Lightning / torchrun set the rank)."""
-    import os
-
-    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
-    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
-    return int(rank) != 0 or int(node) != 0
-
-
-def _cli(argv: list[str], step: str) -> None:
-    from geocmid.cli import main
-
-    print(f"[{step}] geocmid {' '.join(argv)}", flush=True)
-    code = main(argv)
-    if code == 130:
-        raise KeyboardInterrupt
-    if code == 0 and _worker_rank():
-        # Multi-device training re-launches this very command once per extra rank; those
-        # processes have done their share of the training and must not export, predict or
-        # report (rank 0 does, once).
-        raise SystemExit(0)
-    if code != 0:
-        raise ConfigError(
-            f"step '{step}'", f"`geocmid {argv[0] if argv[0] != '--catalog' else argv[2]}` "
-            f"failed (exit {code})", "read the error above; fix the recipe and rerun to resume",
-        )  # fmt: skip
-
-
 class Runner:
     """Runs the steps of ``res`` (validated) in its run folder."""
 
@@ -151,7 +123,16 @@ class Runner:
         started = time.time()
         self.state[name] = {"status": "running", "fingerprint": fingerprint(self._settings(name))}
         self._save_state()
-        action()
+        print(f"[{name}] running", flush=True)
+        try:
+            action()
+        except BaseException as error:  # the state file must not say "running" any more
+            if isinstance(error, SystemExit) and not error.code:
+                raise  # an extra DDP rank leaving after its share of training: rank 0 records
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.state[name].update(status=status, seconds=round(time.time() - started, 1))
+            self._save_state()
+            raise
         self.state[name].update(status="done", seconds=round(time.time() - started, 1))
         self._save_state()
 
@@ -179,25 +160,17 @@ class Runner:
     def _run_steps(self) -> None:
         res = self.res
         if "demo_data" in res.steps:
-            self._step("demo_data", S.demo_complete(res), lambda: _cli(S.demo_argv(res), "demo"))
+            self._step("demo_data", S.demo_complete(res), lambda: S.run_demo(res))
         self.facts = check_data(res)  # the data exists now: check it before training
         if "pretrain" in res.steps:
-
-            def pretrain() -> None:
-                _cli(S.pretrain_argv(res), "pretrain")
-                _cli(S.export_argv(res), "pretrain")
-
-            self._step("pretrain", S.pretrain_complete(res), pretrain)
+            self._step("pretrain", S.pretrain_complete(res), lambda: S.run_pretrain(res))
         if "finetune" in res.steps:
-            self._step(
-                "finetune", S.finetune_complete(res),
-                lambda: _cli(S.finetune_argv(res), "finetune"),
-            )  # fmt: skip
+            self._step("finetune", S.finetune_complete(res), lambda: S.run_finetune(res))
         if "predict" in res.steps:
             self.facts = check_data(res)
             self._step(
                 "predict", S.predict_complete(res, self.facts.task),
-                lambda: _cli(S.predict_argv(res, self.facts), "predict"),
+                lambda: S.run_predict(res, self.facts),
             )  # fmt: skip
             self._styles()  # cheap, and QGIS users may have deleted or edited them
         if "evaluate" in res.steps:

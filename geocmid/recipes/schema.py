@@ -80,12 +80,14 @@ TINY: dict[str, Any] = {
     "steps.pretrain.epochs": 1,
     "steps.pretrain.set.data.chips_per_epoch": 8,
     "steps.pretrain.set.data.batch_size": 4,
-    "steps.pretrain.set.optim.warmup_epochs": 0,
+    "steps.pretrain.set.model.warmup_epochs": 0,
     "steps.pretrain.set.trainer.accelerator": "cpu",
     "steps.pretrain.set.trainer.devices": 1,  # GPU recipes ask for several devices
     "steps.pretrain.set.trainer.strategy": "auto",
-    "steps.pretrain.set.health.every_n_epochs": 100,
+    "steps.pretrain.set.trainer.callbacks.HealthMonitor.every_n_epochs": 100,
     "steps.finetune.epochs": 1,
+    # the 160 px demo dealt in blocks of two 64 px chips leaves no room for a training chip
+    "steps.finetune.set.data.chip_size": 32,
     "steps.finetune.set.trainer.limit_train_batches": 2,
     "steps.finetune.set.trainer.limit_val_batches": 1,
     "steps.finetune.set.trainer.num_sanity_val_steps": 0,

@@ -111,3 +111,13 @@ def import_dotted(path: str) -> type:
     """Import ``package.module.Name`` and return ``Name``."""
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def task_of_class_path(class_path: str) -> str | None:
+    """Registry name of a task ``class_path`` (full, ``geocmid.tasks.X`` or bare class name),
+    or None when it names no registered task."""
+    short = str(class_path).rsplit(".", 1)[-1]
+    for name, record in TASKS.items():
+        if class_path == name or short == record.task_class.rsplit(".", 1)[-1]:
+            return name
+    return None

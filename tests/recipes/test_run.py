@@ -59,7 +59,7 @@ def test_interrupted_predict_resumes(quickstart: Path, capsys) -> None:
     assert _run(["run", str(RECIPES / "quickstart.yaml"), "--tiny"], work) == 0
     out = capsys.readouterr().out
     assert "[finetune] done (outputs complete), skipped" in out
-    assert "[predict] geocmid predict" in out
+    assert "[predict] running" in out
     assert (quickstart / "maps" / "change_summary.json").is_file()
 
 

@@ -63,7 +63,8 @@ def test_pretrain_set_key_checked(tmp_path, capsys) -> None:
     path = _recipe(tmp_path, "steps:\n  pretrain:\n    config: pretrain-resnet18-cpu.yaml\n"
                    "    set: {data.chip_sise: 64}\n")  # fmt: skip
     err = _error(capsys, ["run", str(path), "--dry-run"])
-    assert "data.chip_size" in err and "line 4" in err
+    assert "steps.pretrain.set.data.chip_sise" in err and "line 4" in err
+    assert "did you mean 'chip_size'" in err
 
 
 def _write(path: Path, bands: int, origin: tuple[float, float], crs: str = "EPSG:32633") -> None:
