@@ -84,11 +84,12 @@ class PredictRequest:
     def display(self) -> str:
         """The equivalent ``geocmid predict`` command line (for plans and logs)."""
         defaults = PredictRequest(model=self.model)
-        words = ["geocmid predict --model", str(self.model)]
+        words = ["geocmid"] + (["--catalog", str(self.catalog)] if self.catalog else [])
+        words += ["predict", "--model", str(self.model)]
         words += [str(p) for p in self.inputs]
         words += [f"--entry {e}" for e in self.entries]
         words += ["-o", str(self.output)]
-        skip = {"model", "inputs", "entries", "output", "progress", "vectors", "part"}
+        skip = {"model", "inputs", "entries", "catalog", "output", "progress", "vectors", "part"}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in skip or value == getattr(defaults, f.name):
