@@ -140,12 +140,14 @@ def prepare_config(
         source = ckpt_path if stage != "fit" and ckpt_path else margs.get("weights")
         if source:
             dargs["stats_from"] = str(source)
-    if stage != "fit":
-        margs["weights"] = None  # the checkpoint brings every weight, encoder included
-        if not ckpt_path:
-            raise ConfigError(f"geocmid {stage}", "needs a checkpoint", "pass --ckpt FILE.ckpt")
+    if stage != "fit" and not ckpt_path:
+        raise ConfigError(f"geocmid {stage}", "needs a checkpoint", "pass --ckpt FILE.ckpt")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"checkpoint '{ckpt_path}'", "file not found", "check the path")
+    if stage != "fit":
+        margs["weights"] = None  # the checkpoint brings every weight, encoder included
+        if margs.get("backbone", "unset") is None:  # it came from the export's card
+            margs["backbone"] = _checkpoint_backbone(str(ckpt_path))
     check_init_args(raw, where)
     trainer = raw.setdefault("trainer", {}) or {}
     raw["trainer"] = trainer
@@ -287,10 +289,23 @@ def resolved_config(cli: Any, model: Any = None) -> dict[str, Any]:
         init_args = dumped.get("model", {}).get("init_args")
         hparams = getattr(model, "hparams", {})
         if isinstance(init_args, dict):
-            for key in DATA_ARGS:
+            for key in (*DATA_ARGS, "backbone"):
                 if key in init_args and init_args[key] is None and hparams.get(key) is not None:
                     init_args[key] = _plain(hparams[key])
     return dumped
+
+
+def _checkpoint_backbone(path: str) -> str | None:
+    """The encoder architecture recorded in a fine-tuned checkpoint (hparams or card)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a foreign or damaged file
+        raise ModelError(f"checkpoint '{path}'", f"cannot be read ({error})") from None
+    hparams = ckpt.get("hyper_parameters") or {}
+    card = ckpt.get("geocmid_card") or {}
+    return hparams.get("backbone") or card.get("backbone") or card.get("architecture") or None
 
 
 def _plain(value: Any) -> Any:

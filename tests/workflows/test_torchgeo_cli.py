@@ -168,6 +168,16 @@ def test_weights_bring_their_card_statistics(
     assert written["mean"] == card["mean"] and written["std"] == card["std"]
     resolved = load_config(out / "config.yaml")
     assert resolved["data"]["init_args"]["stats_from"] == str(weights)
+    assert resolved["model"]["init_args"]["backbone"] == "resnet18"  # read from the card
+    # evaluating needs neither the export nor the architecture: the checkpoint has both
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    test = ["--catalog", str(demo_catalog), "test", "--config", str(SEGMENTATION),
+            "--backbone", "null", "--ckpt", str(out / "checkpoints" / "last.ckpt"),
+            "--out", str(out), *sets]  # fmt: skip
+    assert main(test) == 0
+    assert load_config(out / "test" / "config.yaml")["data"]["init_args"]["stats_from"].endswith(
+        "last.ckpt"
+    )
     # a 3-band encoder on 4-band data: one clear error, before any training
     rgb = {"bands": ["r", "g", "b"], "mean": [1.0] * 3, "std": [1.0] * 3}
     three, _ = export_backbone(create_backbone("resnet18", 3, img_size=32), tmp_path / "e3", rgb)
