@@ -696,9 +696,10 @@ def pretrain(
     if _is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         header = (
-            "# geocmid pretrain: resolved config. Runs again with `geocmid pretrain --config` "
-            "(resumes),\n# `torchgeo fit --config` or any LightningCLI. Values the data decide "
-            "(bands, statistics, ...) are left null.\n"
+            "# The resolved config of this run (geocmid pretrain). `geocmid pretrain --config`\n"
+            "# with it resumes the run; `torchgeo fit --config` or any LightningCLI runs it too.\n"
+            "# Task arguments the data decide (bands, statistics, ...) are left null: the task\n"
+            "# takes them from the datamodule (the checkpoint's hyper_parameters have them).\n"
         )
         _write_yaml(run_dir / "config.yaml", header + yaml.safe_dump(resolved, sort_keys=False))
         log.info("%s run in %s", "resuming" if result.resumed else "starting", run_dir)

@@ -118,6 +118,10 @@ def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> Non
     assert ckpt["global_step"] == 2
     assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
     assert list((run_dir / "quicklook").glob("recon_epoch0002.png"))
+    # it trained the second epoch only (logged as a new version: the first one's metrics stay)
+    second = list(csv.DictReader((run_dir / "csv" / "version_1" / "metrics.csv").open()))
+    assert second and {r["epoch"] for r in second} == {"1"}
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
 
     # export: safetensors + card; loads into TorchGeo's classification and segmentation tasks
     out = tmp_path / "export" / "r18"

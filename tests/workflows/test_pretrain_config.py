@@ -57,7 +57,7 @@ def _plain(value):
 
 
 def test_task_and_pretrain_resolve_the_same_defaults(
-    demo_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from geocmid.cmid.task import DATA_ARGS, CMIDTask
     from geocmid.datamodules import PretrainDataModule
@@ -87,8 +87,21 @@ def test_task_and_pretrain_resolve_the_same_defaults(
     assert result.data_args["bands"] == ["blue", "green", "red", "nir"]
     assert not (tmp_path / "runs").exists()
 
+    # the command line resolves the same (its dry run prints the data-derived values filled in)
+    from geocmid.cli import main
 
-def test_help_settings_are_the_signatures() -> None:
+    assert main(["--catalog", str(demo_catalog), "pretrain", "--entry", "demo-2020",
+                 "--dry-run"]) == 0  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    cli_model = printed["model"]["init_args"]
+    assert {k: v for k, v in cli_model.items() if k not in DATA_ARGS} == {
+        k: v for k, v in task.items() if k not in DATA_ARGS
+    }
+    assert {k: cli_model[k] for k in DATA_ARGS} == result.data_args
+    assert printed["data"]["init_args"] == data and printed["trainer"] == trainer
+
+
+def test_help_settings_are_the_signatures(capsys) -> None:
     """`geocmid pretrain --help` reads the defaults from the source: the same values."""
     from geocmid.cmid.callbacks import HealthMonitor, QuickLook
     from geocmid.cmid.task import CMIDTask
@@ -105,6 +118,15 @@ def test_help_settings_are_the_signatures() -> None:
             else:
                 assert default == param.default, name
             assert text, f"{prefix}.{name} has no help text"
+    from geocmid.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for line in ("--model.base_lr V lr per lr_reference_batch images", "(default: 0.004)",
+                 "--data.chips_per_epoch V", "(default: 16384)", "--trainer.max_epochs V",
+                 "(default: 200)", "--trainer.callbacks.QuickLook.every_n_epochs V"):  # fmt: skip
+        assert line in shown, line
 
 
 @pytest.mark.parametrize("name", ["pretrain-resnet50.yaml", "pretrain-swin-b.yaml"])
