@@ -29,6 +29,9 @@ from geocmid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: The kNN entry's setting, as errors name it.
+KNN_KEY = "trainer.callbacks.HealthMonitor.knn_entry"
+
 
 # ------------------------------------------------------------------------------------------------
 # health: embedding spread and kNN accuracy
@@ -121,7 +124,7 @@ class KNNProbe:
         from geocmid.data.datasets import dataset_from_entry
 
         cat = Catalog(catalog)
-        folder = cat.get_kind(entry, ImageFolderEntry, "setting 'health.knn_entry'")
+        folder = cat.get_kind(entry, ImageFolderEntry, f"setting '{KNN_KEY}'")
         dataset = dataset_from_entry(folder, cat)
         step = max(1, len(dataset) // max_images)  # thin evenly: keeps every class
         m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -132,7 +135,7 @@ class KNNProbe:
             img = sample["image"].float()
             if img.shape[0] != len(mean):
                 raise ConfigError(
-                    f"setting 'health.knn_entry' ({folder.where})",
+                    f"setting '{KNN_KEY}' ({folder.where})",
                     f"images have {img.shape[0]} bands, the pretraining data {len(mean)}",
                     "use labelled images of the same bands as the pretraining data",
                 )
@@ -189,18 +192,33 @@ class HealthMonitor(L.Callback):
         self.collapse_cos = collapse_cos
         self.knn: KNNProbe | None = None
 
+    def catalog_of(self, datamodule: Any) -> Any:
+        """Catalog folder of ``knn_entry``: ``knn_catalog``, else the datamodule's catalog."""
+        if self.knn_catalog is not None:
+            return self.knn_catalog
+        catalog = getattr(datamodule, "catalog", None)
+        return getattr(catalog, "folder", catalog)
+
+    def check(self, datamodule: Any) -> None:
+        """Fail early (before training) if ``knn_entry`` is not an image_folder entry."""
+        if self.knn_entry is None:
+            return
+        from geocmid.data.catalog import Catalog
+        from geocmid.data.catalog.schema import ImageFolderEntry
+
+        Catalog(self.catalog_of(datamodule)).get_kind(
+            self.knn_entry, ImageFolderEntry, f"setting '{KNN_KEY}'"
+        )
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         """Load the kNN probe (the task's statistics and chip size are known by now)."""
         if self.knn_entry is None or self.knn is not None:
             return
         hp = pl_module.hparams
-        catalog = self.knn_catalog
-        if catalog is None:
-            catalog = getattr(getattr(trainer, "datamodule", None), "catalog", None)
-            catalog = getattr(catalog, "folder", catalog)
+        catalog = self.catalog_of(trainer.datamodule if trainer is not None else None)
         if hp.get("mean") is None or hp.get("std") is None:
             raise ConfigError(
-                "setting 'HealthMonitor.knn_entry'",
+                f"setting '{KNN_KEY}'",
                 "the kNN probe needs the pretraining data's mean and std, and the task has none",
                 "set model.init_args.mean and std, or train with a PretrainDataModule",
             )

@@ -680,6 +680,11 @@ def pretrain(
     if filled["chip_size"] is not None:
         check_chip_size(backbone, filled["chip_size"], task.hparams["mask_block"])
     data_args = {k: v for k, v in filled.items() if v is not None and task.hparams[k] is None}
+    from geocmid.cmid.callbacks import HealthMonitor
+
+    for callback in trainer.callbacks:  # a kNN entry that is not there fails now, not later
+        if isinstance(callback, HealthMonitor):
+            callback.check(datamodule)
 
     resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
     for section in ("model", "data"):  # class_path first, as people write it

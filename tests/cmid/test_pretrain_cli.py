@@ -225,6 +225,8 @@ def test_real_geotiff(shared_data: Path, tmp_path: Path) -> None:
         ({"data": {"batch_size": "eight"}}, [], "expected int"),
         ({"data": {"entry": None}}, [], "data.init_args.entry"),
         ({"data": {"entry": "chips"}}, [], "image_folder"),
+        ({}, ["--trainer.callbacks.HealthMonitor.knn_entry", "rgb"],
+         "trainer.callbacks.HealthMonitor.knn_entry"),
         ({}, ["--set", "optim.base_lr=1e-3"], "it is now 'model.base_lr'"),
         ({}, ["--set", "trainer.callbacks.QuickLok.every_n_epochs=1"], "did you mean 'QuickLook'"),
     ],
