@@ -183,8 +183,10 @@ def _signature(path: Path, cls: str) -> tuple[tuple[str, Any, str, str], ...]:
     tree = ast.parse(path.read_text())
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
     init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    args = init.args.args[1:]
-    defaults = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
+    args = init.args.args[1:] + init.args.kwonlyargs
+    positional = init.args.args[1:]
+    defaults = [None] * (len(positional) - len(init.args.defaults)) + list(init.args.defaults)
+    defaults += list(init.args.kw_defaults)
     helps = _docstring_args(ast.get_docstring(node) or "")
     out = []
     for arg, default in zip(args, defaults, strict=True):
@@ -240,14 +242,26 @@ def settings() -> dict[str, tuple[Any, str]]:
             if prefix.startswith("trainer.callbacks") and name in ("out_dir", "rgb_indices"):
                 text = text or "(run-derived)"
             out[f"{prefix}.{name}"] = (default, text)
+    lightning = _trainer_defaults()
     for key, text in TRAINER_SETTINGS.items():
-        default = TRAINER_DEFAULTS.get(key, {"accelerator": "auto", "num_nodes": 1,
-                                             "strategy": "auto", "accumulate_grad_batches": 1,
-                                             "limit_train_batches": None,
-                                             "gradient_clip_val": None}.get(key))  # fmt: skip
-        out[f"trainer.{key}"] = (default, text)
+        out[f"trainer.{key}"] = (TRAINER_DEFAULTS.get(key, lightning.get(key)), text)
     out["seed_everything"] = (SEED, "seed of weights, chips order and views (one per run)")
     return out
+
+
+@cache
+def _trainer_defaults() -> dict[str, Any]:
+    """Lightning's Trainer defaults, read from its source (importing Lightning takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or spec.origin is None:  # pragma: no cover - Lightning is a dependency
+        return {}
+    path = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
+    try:
+        return {name: default for name, default, _, _ in _signature(path, "Trainer")}
+    except (OSError, StopIteration, SyntaxError):  # pragma: no cover - another layout
+        return {}
 
 
 # ------------------------------------------------------------------------------------------------

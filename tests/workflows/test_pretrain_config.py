@@ -118,6 +118,14 @@ def test_help_settings_are_the_signatures(capsys) -> None:
             else:
                 assert default == param.default, name
             assert text, f"{prefix}.{name} has no help text"
+    from lightning.pytorch import Trainer
+
+    from geocmid.workflows.pretrain import TRAINER_DEFAULTS, TRAINER_SETTINGS
+
+    trainer = inspect.signature(Trainer).parameters
+    for key in TRAINER_SETTINGS:
+        expected = TRAINER_DEFAULTS.get(key, trainer[key].default)
+        assert table[f"trainer.{key}"][0] == expected, key
     from geocmid.cli import main
 
     with pytest.raises(SystemExit):
