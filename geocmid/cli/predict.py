@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from geocmid.tasks.registry import TASK_NAMES
+from geocmid.registry import TASK_NAMES
 
 EPILOG = """\
 examples:

@@ -29,7 +29,6 @@ from geocmid.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Key of the model card inside fine-tuned Lightning checkpoints (geocmid.tasks writes it).
-CHECKPOINT_CARD_KEY = "geocmid_card"
 
 
 class CatalogDataModule(BaseDataModule):
@@ -112,7 +111,7 @@ def stats_from_card(
         ModelError: the card's statistics are for another number of bands than ``bands``.
         ConfigError: the card is not a valid model card (the message names the key).
     """
-    from geocmid.models.card import ModelCard
+    from geocmid.models.card import CHECKPOINT_KEY, ModelCard
 
     if not path:
         return None
@@ -122,7 +121,7 @@ def stats_from_card(
         import torch
 
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        raw = ckpt.get(CHECKPOINT_CARD_KEY) if isinstance(ckpt, dict) else None
+        raw = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     elif p.suffix in ("", ".safetensors", ".json") and p.with_suffix(".json").is_file():
         raw = json.loads(p.with_suffix(".json").read_text())
     if not raw:

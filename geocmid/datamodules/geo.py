@@ -175,17 +175,17 @@ class SupervisedGeoDataModule(CatalogDataModule):
             )
         return loader(chips, sampler, hp.batch_size, hp.num_workers, drop_last=True)
 
-    def _evalloader(self, split: int) -> DataLoader:
+    def _eval_loader(self, split: int) -> DataLoader:
         self.setup()
         hp = self.hparams
         queries = list(self._sampler(split, hp.eval_chips, hp.seed + split))
         return loader(self.dataset, FixedSampler(queries), hp.batch_size, hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._evalloader(1)
+        return self._eval_loader(1)
 
     def test_dataloader(self) -> DataLoader:
-        return self._evalloader(2)
+        return self._eval_loader(2)
 
 
 def ignore_value_of(

@@ -26,7 +26,7 @@ import torch
 
 from geocmid.errors import ConfigError, ModelError
 from geocmid.inference.card import ModelCard
-from geocmid.tasks.registry import TASK_NAMES
+from geocmid.registry import TASK_NAMES
 
 Task = Literal["segmentation", "change", "classification", "detection"]
 TASKS: tuple[str, ...] = TASK_NAMES  # the task registry's names

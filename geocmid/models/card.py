@@ -42,14 +42,17 @@ from typing import Any
 from geocmid import __version__
 from geocmid.data.classes import ClassInfo, default_color, parse_color
 from geocmid.errors import ConfigError, ModelError, did_you_mean
+from geocmid.registry import TASK_NAMES
 
+#: Key of the card inside a Lightning checkpoint written by a geocmid task.
+CHECKPOINT_KEY = "geocmid_card"
 #: Format tag written by :meth:`ModelCard.to_dict`.
 CARD_FORMAT = "geocmid-card/2"
 #: Older format tags :meth:`ModelCard.from_dict` converts.
 LEGACY_FORMATS = ("geocmid-backbone/1", "geocmid-task/1")
 #: ``task`` values: a pretraining export, or what a fine-tuned model predicts.
-TASKS = ("backbone", "segmentation", "change", "classification", "detection")
-PREDICTION_TASKS = TASKS[1:]
+PREDICTION_TASKS = TASK_NAMES
+TASKS = ("backbone", *TASK_NAMES)
 
 _VERSIONED = re.compile(r"geocmid-(card|backbone|task)/(\d+)")
 _LATEST = {"card": 2, "backbone": 1, "task": 1}

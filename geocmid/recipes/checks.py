@@ -103,7 +103,7 @@ def _step_error(
 
 def task_of(config: dict[str, Any]) -> str:
     """Registry name of a fit config's task (segmentation, change, classification, detection)."""
-    from geocmid.tasks.registry import task_of_class_path
+    from geocmid.registry import task_of_class_path
 
     path = str(config.get("model", {}).get("class_path", ""))
     return task_of_class_path(path) or "segmentation"

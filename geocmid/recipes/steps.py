@@ -17,7 +17,7 @@ from typing import Any
 
 from geocmid.recipes.checks import Facts
 from geocmid.recipes.resolve import Resolved
-from geocmid.tasks.registry import TASKS
+from geocmid.registry import TASKS
 
 
 @dataclass

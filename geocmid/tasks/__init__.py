@@ -4,7 +4,7 @@ The task classes are TorchGeo tasks (``torchgeo.tasks.Classification`` / ``Seman
 / ``ChangeDetection``) with geocmid's encoder initialisation, optimiser groups, reports and
 model card; they run from ``geocmid fit``, from ``torchgeo fit`` / Lightning CLI configs, and from
 Python. Task modules are imported lazily so that ``import geocmid.tasks.encoders`` stays light;
-which tasks exist is said once, by the registry (:data:`geocmid.tasks.registry.TASKS`).
+which tasks exist is said once, by the registry (:data:`geocmid.registry.TASKS`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geocmid.errors import ModelError
-from geocmid.tasks.registry import TASKS, TaskRecord, get_task  # no heavy imports
+from geocmid.registry import TASKS, TaskRecord, get_task  # no heavy imports
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,7 +44,7 @@ def load_task(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """
     import torch
 
-    from geocmid.tasks.common import CARD_KEY
+    from geocmid.models.card import CHECKPOINT_KEY, ModelCard
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -53,7 +53,7 @@ def load_task(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of all kinds: a foreign or damaged file
         raise ModelError(f"checkpoint '{path}'", f"cannot be read ({exc})") from exc
-    card = ckpt.get(CARD_KEY) if isinstance(ckpt, dict) else None
+    card = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if not card:
         raise ModelError(
             f"checkpoint '{path}'",
@@ -64,8 +64,10 @@ def load_task(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
     hparams["weights"] = None  # every weight, encoder included, comes from the state dict
-    if hparams.get("backbone") is None and card.get("backbone"):
-        hparams["backbone"] = card["backbone"]
+    # any card layout (geocmid-task/1 checkpoints included) read through the one ModelCard
+    card = ModelCard.from_dict(card, where=f"model card in checkpoint '{path}'").to_dict()
+    if hparams.get("backbone") is None and card.get("architecture"):
+        hparams["backbone"] = card["architecture"]
     task = cls(**hparams)
     task.load_state_dict(ckpt["state_dict"])
     task.eval()

@@ -34,13 +34,12 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geocmid.errors import ConfigError, ModelError
+from geocmid.models.card import CHECKPOINT_KEY, ModelCard
 from geocmid.tasks.encoders import param_groups
 
 log = logging.getLogger(__name__)
 
 #: Format tag of the card stored in fine-tuned checkpoints.
-CARD_FORMAT = "geocmid-task/1"
-CARD_KEY = "geocmid_card"
 #: Short aliases logged next to TorchGeo's metric names (suffix → alias).
 ALIASES = {
     "OverallAccuracy": "OA",
@@ -303,26 +302,13 @@ class FinetuneMixin(DataArgsMixin):
 
     # ---- model card ---------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
-        """What prediction needs: task, classes, bands, normalisation, chip size, architecture."""
+        """The :class:`~geocmid.models.card.ModelCard` (``geocmid-card/2``) of this task, as a
+        dict: task, decoder, backbone, bands, normalisation, chip size, classes, provenance."""
         hp = self.hparams
-        return {
-            "format": CARD_FORMAT,
-            "task": self.card_task,
-            "model": hp.get("model"),
-            "backbone": hp.get("backbone"),
-            "in_chans": hp["in_channels"],
-            "bands": list(hp.get("bands") or []) or list(range(1, hp["in_channels"] + 1)),
-            "mean": list(hp.get("mean") or []),
-            "std": list(hp.get("std") or []),
-            "chip_size": hp["chip_size"],
-            "classes": list(hp.get("classes") or []),
-            "num_classes": hp["num_classes"],
-            "ignore_index": hp.get("ignore_index"),
-            "init_weights": str(hp.get("weights")) if hp.get("weights") else "random",
-        }
+        return task_card(self.card_task, hp, hp.get("backbone"), list(hp.get("classes") or []))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CARD_KEY] = self.model_card()
+        checkpoint[CHECKPOINT_KEY] = self.model_card()
 
 
 def rgb_indices(bands: list[str] | None, in_channels: int) -> list[int]:
@@ -370,3 +356,29 @@ class ChangeBinary(Metric):
             "change_F1": (2 * tp / (2 * tp + fp + fn).clamp(min=1)).float(),
             "change_IoU": (tp / (tp + fp + fn).clamp(min=1)).float(),
         }
+
+
+def task_card(
+    task: str, hp: Any, architecture: str | None, classes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A fine-tuned task's card, validated through :class:`~geocmid.models.card.ModelCard`.
+
+    Raises:
+        ConfigError: a value the card refuses (e.g. a band count that differs from the
+            statistics).
+    """
+    n = hp["in_channels"]
+    card = {
+        "task": task,
+        "model": hp.get("model"),
+        "architecture": architecture,
+        "in_chans": n,
+        "bands": list(hp.get("bands") or []) or list(range(1, n + 1)),
+        "mean": list(hp.get("mean") or []),
+        "std": list(hp.get("std") or []),
+        "chip_size": hp["chip_size"],
+        "classes": classes,
+        "ignore_index": hp.get("ignore_index"),
+        "init_weights": str(hp["weights"]) if hp.get("weights") else "random",
+    }
+    return ModelCard.from_dict(card, where=f"model card of the {task} task").to_dict()

@@ -15,7 +15,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.detection.mean_ap import MeanAveragePrecision
 
 from geocmid.errors import ConfigError, ModelError
-from geocmid.tasks.common import DataArgsMixin, rgb_indices
+from geocmid.models.card import CHECKPOINT_KEY
+from geocmid.tasks.common import DataArgsMixin, rgb_indices, task_card
 from geocmid.tasks.detection_model import (
     DEFAULT_ANCHORS,
     DetectorForPrediction,
@@ -42,9 +42,6 @@ from geocmid.tasks.encoders import EncoderSource, freeze, load_encoder, param_gr
 log = logging.getLogger(__name__)
 
 #: Same card format and checkpoint key as the other fine-tuning tasks (tasks/common.py).
-CARD_FORMAT = "geocmid-task/1"
-CARD_KEY = "geocmid_card"
-_PALETTE = ["#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#a6cee3"]
 
 
 class DetectionTask(DataArgsMixin, ObjectDetection):
@@ -262,30 +259,14 @@ class DetectionTask(DataArgsMixin, ObjectDetection):
         return given or [f"class {k}" for k in range(1, hp["num_classes"])]
 
     def model_card(self) -> dict[str, Any]:
-        """What prediction needs: task, classes (0 = background), bands, normalisation, chip."""
-        hp = self.hparams
-        names = self.object_classes()
-        classes = [{"value": 0, "name": "background", "color": "#000000"}] + [
-            {"value": k, "name": n, "color": _PALETTE[(k - 1) % len(_PALETTE)]}
-            for k, n in enumerate(names, start=1)
-        ]
-        return {
-            "format": CARD_FORMAT,
-            "task": "detection",
-            "model": hp["model"],
-            "backbone": self.encoder.name,
-            "in_chans": hp["in_channels"],
-            "bands": list(hp.get("bands") or []) or list(range(1, hp["in_channels"] + 1)),
-            "mean": list(hp.get("mean") or []),
-            "std": list(hp.get("std") or []),
-            "chip_size": hp["chip_size"],
-            "classes": classes,
-            "num_classes": hp["num_classes"],
-            "init_weights": str(hp["weights"]) if hp.get("weights") else "random",
-        }
+        """The task's :class:`~geocmid.models.card.ModelCard` as a dict; classes start with
+        the detectors' background (value 0)."""
+        names = ["background", *self.object_classes()]
+        classes = [{"value": k, "name": n} for k, n in enumerate(names)]  # default palette
+        return task_card("detection", self.hparams, self.encoder.name, classes)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CARD_KEY] = self.model_card()
+        checkpoint[CHECKPOINT_KEY] = self.model_card()
 
 
 def load_detector_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -295,20 +276,12 @@ def load_detector_for_prediction(checkpoint: str | Path) -> tuple[nn.Module, dic
     (pixel xyxy), ``scores`` and ``labels`` (indices into ``card["classes"]``, 0 = background).
     The encoder file named at training time is not needed: all weights are in the checkpoint.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ModelError(f"checkpoint '{path}'", "does not exist", "check the path")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    card = ckpt.get(CARD_KEY) if isinstance(ckpt, dict) else None
-    if not card or card.get("task") != "detection":
-        raise ModelError(f"checkpoint '{path}'", "is not a geocmid detection checkpoint",
+    from geocmid.tasks import load_task
+
+    task, card = load_task(checkpoint)
+    if card.get("task") != "detection":
+        raise ModelError(f"checkpoint '{checkpoint}'", "is not a geocmid detection checkpoint",
                          "pass a checkpoint written by training a DetectionTask")  # fmt: skip
-    accepted = set(inspect.signature(DetectionTask.__init__).parameters) - {"self"}
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
-    hparams["weights"] = None  # every weight, encoder included, comes from the state dict
-    hparams["backbone"] = card["backbone"]
-    task = DetectionTask(**hparams)
-    task.load_state_dict(ckpt["state_dict"])
     return DetectorForPrediction(task.model, card["in_chans"]), card
 
 

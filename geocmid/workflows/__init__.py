@@ -3,7 +3,9 @@
 ``geocmid.workflows.config`` holds the configuration system (Lightning CLI configs, the
 ``class_path`` allow-list, ``KEY=VALUE`` overrides, :class:`GeocmidCLI`);
 ``geocmid.workflows.training`` runs fine-tuning and evaluation (:func:`fit`),
-``geocmid.workflows.pretrain`` CMID pretraining (:func:`pretrain`). Nothing here
+``geocmid.workflows.pretrain`` CMID pretraining (:func:`pretrain`), ``geocmid.workflows.export``
+the backbone export (:func:`export`), ``geocmid.workflows.predict`` whole-scene prediction
+(:func:`predict` of a :class:`PredictRequest`). Nothing here
 imports ``geocmid.cli`` or ``geocmid.recipes``; both import from here. Heavy modules (torch,
 Lightning) are imported on first use, so ``import geocmid.workflows`` stays instant.
 """
@@ -23,6 +25,10 @@ _LAZY = {
     "FitResult": "geocmid.workflows.training",
     "fit": "geocmid.workflows.training",
     "PretrainResult": "geocmid.workflows.pretrain",
+    "export": "geocmid.workflows.export",
+    "PredictRequest": "geocmid.workflows.predict",
+    "PredictResult": "geocmid.workflows.predict",
+    "predict": "geocmid.workflows.predict",
     "pretrain": "geocmid.workflows.pretrain",
 }
 

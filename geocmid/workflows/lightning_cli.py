@@ -28,7 +28,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 def monitor_of(model: LightningModule) -> str | None:
     """The metric that selects the best checkpoint of ``model``: the task registry's monitor
     for a registered task (by its ``card_task``), else None (keep the last checkpoint only)."""
-    from geocmid.tasks.registry import TASKS
+    from geocmid.registry import TASKS
 
     record = TASKS.get(getattr(model, "card_task", "") or "")
     return record.monitor if record else None

@@ -345,13 +345,9 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _task_name(class_path: str) -> str:
     """Registry name of a task class path (``segmentation`` …), else the lower-cased class."""
-    from geocmid.tasks.registry import TASKS
+    from geocmid.registry import task_of_class_path
 
-    short = class_path.rsplit(".", 1)[-1]
-    for name, record in TASKS.items():
-        if short == record.task_class.rsplit(".", 1)[-1]:
-            return name
-    return short.lower() or "run"
+    return task_of_class_path(class_path) or class_path.rsplit(".", 1)[-1].lower() or "run"
 
 
 def _accepted(class_path: str) -> set[str] | None:
@@ -367,7 +363,7 @@ def _accepted(class_path: str) -> set[str] | None:
 def _check_short_names(raw: dict[str, Any], where: str) -> None:
     """geocmid <= 0.x short names (``segmentation``, ``chips`` …) → the class path to write."""
     from geocmid.errors import did_you_mean
-    from geocmid.tasks.registry import TASKS
+    from geocmid.registry import TASKS
 
     old_data = {
         "segmentation": "geocmid.datamodules.SegmentationDataModule",

@@ -1,5 +1,9 @@
 """The task registry: one record per downstream task, read by everything else.
 
+It sits at the bottom of the package (beside ``errors``), so every layer can read it: the model
+card (which tasks a card may name), the datamodules, the tasks, inference, workflows, recipes
+and the CLI.
+
 The CLI (``geocmid fit`` short names, ``predict --task`` choices), the checkpoint loader
 (:func:`geocmid.tasks.task_class`), prediction (which outputs a task writes) and recipes (which
 outputs make a step complete) all read :data:`TASKS`; nothing else lists the tasks.
