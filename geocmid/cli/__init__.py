@@ -30,7 +30,8 @@ EPILOG = """\
 examples:
   geocmid demo-data demo/                 # generate a small georeferenced demo dataset
   geocmid --catalog demo/catalog catalog list
-  geocmid catalog show demo-scene
+  geocmid --catalog demo/catalog catalog show demo-scenes
+  geocmid run recipes/quickstart.yaml     # demo data to a change map in one command
 """
 
 
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
+    # Lightning prints through its own console handler: without this every line shows twice
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).propagate = False
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

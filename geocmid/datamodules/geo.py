@@ -167,6 +167,15 @@ class SupervisedGeoDataModule(CatalogDataModule):
         sampler = self._sampler(
             0, max(hp.batch_size, hp.chips_per_epoch // world), rank_seed(hp.seed)
         )
+        if next(iter(self._sampler(0, 1, hp.seed)), None) is None:
+            # TorchGeo's sampler would yield nothing: an epoch of zero steps that "succeeds"
+            raise ConfigError(
+                "data split train",
+                f"no {hp.chip_size}-pixel chip fits in its blocks (block_size {hp.block_size} "
+                f"chips, split {list(hp.split)}): the area is too small for these settings",
+                "use a smaller data.chip_size, a larger share of data.split for training, or "
+                "more imagery",
+            )
         chips = self.dataset
         if hp.max_nodata < 1:
             # Redraws stay in the train region, so splits remain spatially disjoint.

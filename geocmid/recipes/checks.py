@@ -8,7 +8,6 @@ again before each step.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,9 +183,11 @@ def scene_infos(res: Resolved) -> list[SceneInfo]:
 
 def model_card(res: Resolved) -> dict[str, Any] | None:
     """The card of the predict step's model (a ``geocmid fit`` run's model_card.json)."""
+    from geocmid.models.card import ModelCard
+
     model = res.model()
     card = model.parent.parent / "model_card.json"
-    return json.loads(card.read_text()) if card.is_file() else None
+    return ModelCard.from_file(card).to_dict() if card.is_file() else None
 
 
 def _overlap(a: SceneInfo, b: SceneInfo) -> float:

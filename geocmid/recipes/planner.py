@@ -153,8 +153,14 @@ def format_plan(res: Resolved, facts: Facts, plans: list[StepPlan]) -> str:
         lines.append(f"  {spec['description']}")
     lines += [f"run folder: {res.run_dir}", f"catalog: {res.catalog or '(global --catalog)'}", ""]
     lines.append("steps:")
+    from geocmid.recipes.runner import changed_since_run
+
+    refused = []
     for i, p in enumerate(plans, 1):
         state = "done, skipped" if p.done else f"~{_duration(p.seconds)}"
+        if p.done and changed_since_run(res, p.name):
+            state = f"done with other settings: refused unless --redo {p.name}"
+            refused.append(p.name)
         if p.memory_gb:
             state += f", ~{p.memory_gb:.1f} GB" if not p.done else ""
         lines.append(f"  {i}. {p.name:9s} {p.summary}  [{state}]")
@@ -179,4 +185,8 @@ def format_plan(res: Resolved, facts: Facts, plans: list[StepPlan]) -> str:
               f"~{peak:.1f} GB"]  # fmt: skip
     for text in facts.warnings:
         lines.append(f"warning: {text}")
+    if refused:
+        redo = " ".join(f"--redo {name}" for name in refused)
+        lines.append(f"warning: steps {', '.join(refused)} were made with other settings; the "
+                     f"run will stop there: add {redo} (or use --run-dir NEW_FOLDER)")  # fmt: skip
     return "\n".join(lines)

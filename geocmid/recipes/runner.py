@@ -77,6 +77,20 @@ def fingerprint(settings: Any) -> str:
     ]
 
 
+def step_settings(res: Resolved, name: str) -> Any:
+    """What a step's outputs depend on (its recipe block, the catalog, the device)."""
+    spec = res.steps.get(name, {})
+    return {"step": spec, "catalog": str(res.catalog), "device": res.spec["device"]}
+
+
+def changed_since_run(res: Resolved, name: str) -> bool:
+    """True when ``state.json`` records step ``name`` made with other settings than now."""
+    path = res.run_dir / "state.json"
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    recorded = state.get(name, {}).get("fingerprint")
+    return recorded is not None and recorded != fingerprint(step_settings(res, name))
+
+
 class Runner:
     """Runs the steps of ``res`` (validated) in its run folder."""
 
@@ -95,8 +109,7 @@ class Runner:
         tmp.replace(self.state_path)
 
     def _settings(self, name: str) -> Any:
-        spec = self.res.steps.get(name, {})
-        return {"step": spec, "catalog": str(self.res.catalog), "device": self.res.spec["device"]}
+        return step_settings(self.res, name)
 
     def _guard(self, name: str, complete: bool) -> bool:
         """True when step ``name`` must run; refuses a complete step run with other settings."""

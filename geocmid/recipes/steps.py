@@ -11,6 +11,7 @@ steps are a config file plus ``(key, value)`` overrides in the one override synt
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ class TrainingCall:
 
     def display(self) -> str:
         """The equivalent command line (what a user would type to run this step alone)."""
-        parts = [f"geocmid {self.command} --config {self.config}"]
-        parts += [f"--set {key}={_text(value)}" for key, value in self.overrides]
+        parts = [f"geocmid {self.command} --config {shlex.quote(str(self.config))}"]
+        final = dict(self.overrides)  # a later override of a key wins: show the last only
+        parts += [f"--set {shlex.quote(f'{key}={_text(value)}')}" for key, value in final.items()]
         if self.weights:
             parts.append(f"--weights {self.weights}")
         if self.ckpt:

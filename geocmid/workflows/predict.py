@@ -162,12 +162,15 @@ def predict(request: PredictRequest) -> PredictResult:
         iou=r.iou,
     )
     result = PredictResult(task=predictor.task)
+    name = request.name
+    if name is None and len(request.entries) == 1 and predictor.task == "change":
+        name = request.entries[0]  # a bitemporal entry: its name, not its two dates'
     for scenes in _runs(request, inputs, predictor.task):
         run = predict_scene(
             predictor,
             scenes,
             request.output,
-            request.name,
+            name,
             settings,
             options,
             grid=request.grid,

@@ -676,6 +676,8 @@ def pretrain(
 
     from argparse import ArgumentError
 
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         with warnings.catch_warnings():
             # Lightning warns when `args` is given while sys.argv has arguments (ours)
@@ -683,6 +685,11 @@ def pretrain(
             cli = _cli_class()(args=raw, run=False)
     except (ArgumentError, ValueError, TypeError) as error:
         raise _parse_error(error, where) from None
+    except MisconfigurationException as error:  # Trainer(...) refused a value
+        raise ConfigError(
+            f"{where}: trainer", str(error).strip().splitlines()[0],
+            "fix that trainer setting (Lightning's Trainer documents each one)",
+        ) from None  # fmt: skip
     task, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     _int_limits(raw, trainer)
 

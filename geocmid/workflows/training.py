@@ -235,6 +235,7 @@ def build_cli(raw: dict[str, Any], where: str) -> Any:
     """:class:`GeocmidCLI` over a checked config dict (``run=False``); parse errors of
     jsonargparse become a :class:`ConfigError` naming the file and the key."""
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from geocmid.workflows.lightning_cli import GeocmidCLI
 
@@ -246,6 +247,11 @@ def build_cli(raw: dict[str, Any], where: str) -> Any:
         key, problem = parse_error(error)
         fix = "check the value (the config's comments say what it takes)"
         raise ConfigError(f"{where}: {key}" if key else where, problem, fix) from None
+    except (MisconfigurationException, ValueError) as error:  # e.g. Trainer(...) refused a value
+        raise ConfigError(
+            where, str(error).strip().splitlines()[0],
+            "fix the setting the message names (trainer settings: Lightning's Trainer docs)",
+        ) from None  # fmt: skip
 
 
 def parse_error(error: BaseException) -> tuple[str, str]:

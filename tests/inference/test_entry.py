@@ -90,7 +90,8 @@ def test_tiled_entry_is_predicted_as_one_mosaic(mixed_scene, toy_model_files, tm
 
 
 def test_change_between_entries_equals_change_between_files(mixed_scene, tmp_path):
-    """`--entry A --entry B` and a bitemporal entry read both dates as the files do."""
+    """`--entry A --entry B` and a bitemporal entry read both dates as the files do; outputs
+    of a bitemporal entry are named after it."""
     later = mixed_scene.pixels.copy()
     later[1:, 30:50, 40:70] += 600  # a changed rectangle (B01 unchanged)
     later_path = write_raster(tmp_path / "later.tif", later, origin=ORIGIN, res=10.0, nodata=0)
@@ -113,7 +114,7 @@ def test_change_between_entries_equals_change_between_files(mixed_scene, tmp_pat
     reference, transform, _ = read_map(tmp_path / "files" / "c_classes.tif")
     assert transform == mixed_scene.transform
     assert reference[30:50, 40:70].all() and reference[reference != 255].mean() < 0.3
-    for out in (tmp_path / "two" / "c_classes.tif", tmp_path / "pair" / "s2_later_classes.tif"):
+    for out in (tmp_path / "two" / "c_classes.tif", tmp_path / "pair" / "pair_classes.tif"):
         classes, out_transform, _ = read_map(out)
         assert out_transform == transform
         np.testing.assert_array_equal(classes, reference)
