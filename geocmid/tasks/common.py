@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from geocmid import __version__
 from geocmid.errors import ConfigError, ModelError
 from geocmid.models.card import CHECKPOINT_KEY, ModelCard
 from geocmid.tasks.encoders import param_groups
@@ -380,5 +382,20 @@ def task_card(
         "classes": classes,
         "ignore_index": hp.get("ignore_index"),
         "init_weights": str(hp["weights"]) if hp.get("weights") else "random",
+        "geocmid_version": __version__,
+        **_provenance(hp.get("weights")),
     }
     return ModelCard.from_dict(card, where=f"model card of the {task} task").to_dict()
+
+
+def _provenance(weights: Any) -> dict[str, Any]:
+    """GSD and pretraining record of the encoder's export card, carried into the task's card."""
+    from geocmid.tasks.encoders import is_export
+
+    if not weights or not is_export(str(weights)):
+        return {}
+    path = Path(str(weights)).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    export = ModelCard.from_file(path)
+    return {"gsd": export.gsd, "pretraining": dict(export.pretraining)}

@@ -155,7 +155,13 @@ def test_weights_bring_their_card_statistics(
     from geocmid.models.weights import export_backbone
 
     bands = ["blue", "green", "red", "nir"]
-    card = {"bands": bands, "mean": [500.0, 600.0, 700.0, 800.0], "std": [100.0] * 4}
+    card = {
+        "bands": bands,
+        "mean": [500.0, 600.0, 700.0, 800.0],
+        "std": [100.0] * 4,
+        "gsd": 2.0,
+        "pretraining": {"method": "CMID", "data": "demo-2020", "epochs": 3},
+    }
     weights, _ = export_backbone(create_backbone("resnet18", 4, img_size=32), tmp_path / "enc",
                                  card)  # fmt: skip
     out = tmp_path / "run"
@@ -166,6 +172,9 @@ def test_weights_bring_their_card_statistics(
     assert main(argv) == 0
     written = json.loads((out / "model_card.json").read_text())
     assert written["mean"] == card["mean"] and written["std"] == card["std"]
+    # the encoder's provenance travels into the fine-tuned card
+    assert written["gsd"] == 2.0 and written["pretraining"] == card["pretraining"]
+    assert written["format"] == "geocmid-card/2" and written["geocmid_version"]
     resolved = load_config(out / "config.yaml")
     assert resolved["data"]["init_args"]["stats_from"] == str(weights)
     assert resolved["model"]["init_args"]["backbone"] == "resnet18"  # read from the card
