@@ -2,7 +2,7 @@
 
 Typical use from a Lightning task::
 
-    model = CMIDModel("resnet50", in_chans=4, chip_size=224)
+    model = CMIDModel("resnet50", in_chans=4, chip_size=224, **paper_settings())
     views = model.view_transform(rgb_indices=[0, 1, 2])  # on_after_batch_transfer
     losses = model.forward_losses(views(batch), epoch)    # training_step → losses["loss"]
     model.update_teacher(momentum_at(global_step, total_steps))  # on_train_batch_end, after step
@@ -43,25 +43,29 @@ def _gap_embed(projector: nn.Module, feats: Tensor) -> Tensor:
 class CMIDModel(nn.Module):
     """CMID student/teacher pair with its three losses.
 
+    The method settings below are keyword-only and have no defaults here: the paper's values are
+    defined once, as :class:`~geocmid.cmid.task.CMIDTask`'s defaults, and
+    :func:`~geocmid.cmid.task.paper_settings` returns them.
+
     Args:
         backbone_name: ``resnet18/34/50/101``, ``swin_tiny/small/base``, ``vit_small/base``.
         in_chans: number of bands.
         chip_size: square chip size in pixels; must be a multiple of ``mask_block`` and of the
             backbone stride (32 ResNet/Swin, 16 ViT).
         pretrained_path: optional weights for the student backbone (the teacher copies them).
-        mask_ratio: fraction of mask blocks (0.6).
-        mask_block: mask block size in pixels (32).
-        queue_size: MoCo queue length (65,536).
-        proj_hidden, proj_dim: MoCo projector sizes (2048, 256).
-        temperature: InfoNCE temperature (0.2).
-        head_hidden, head_bottleneck, num_prototypes: dense DINO head sizes (2048, 256, 2048).
-        num_matches: matched cells per image for the local loss (20).
-        student_temp: DINO student temperature (0.1).
-        teacher_temp: (start, end) of the teacher temperature warmup (0.04, 0.07).
-        teacher_temp_warmup_epochs: epochs of that warmup (50).
-        center_momentum: DINO centre momentum (0.9).
-        focal_alpha, focal_gamma: focal-L1 α, γ (0.2, 1).
-        fft_weight: focal-frequency weight (1).
+        mask_ratio: fraction of mask blocks.
+        mask_block: mask block size in pixels.
+        queue_size: MoCo queue length.
+        proj_hidden, proj_dim: MoCo projector sizes.
+        temperature: InfoNCE temperature.
+        head_hidden, head_bottleneck, num_prototypes: dense DINO head sizes.
+        num_matches: matched cells per image for the local loss.
+        student_temp: DINO student temperature.
+        teacher_temp: (start, end) of the teacher temperature warmup.
+        teacher_temp_warmup_epochs: epochs of that warmup.
+        center_momentum: DINO centre momentum.
+        focal_alpha, focal_gamma: focal-L1 α, γ.
+        fft_weight: focal-frequency weight.
         backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
 
     Attributes:
@@ -75,23 +79,24 @@ class CMIDModel(nn.Module):
         in_chans: int,
         chip_size: int,
         pretrained_path: str | None = None,
-        mask_ratio: float = 0.6,
-        mask_block: int = 32,
-        queue_size: int = 65536,
-        proj_hidden: int = 2048,
-        proj_dim: int = 256,
-        temperature: float = 0.2,
-        head_hidden: int = 2048,
-        head_bottleneck: int = 256,
-        num_prototypes: int = 2048,
-        num_matches: int = 20,
-        student_temp: float = 0.1,
-        teacher_temp: tuple[float, float] = (0.04, 0.07),
-        teacher_temp_warmup_epochs: int = 50,
-        center_momentum: float = 0.9,
-        focal_alpha: float = 0.2,
-        focal_gamma: float = 1.0,
-        fft_weight: float = 1.0,
+        *,
+        mask_ratio: float,
+        mask_block: int,
+        queue_size: int,
+        proj_hidden: int,
+        proj_dim: int,
+        temperature: float,
+        head_hidden: int,
+        head_bottleneck: int,
+        num_prototypes: int,
+        num_matches: int,
+        student_temp: float,
+        teacher_temp: tuple[float, float],
+        teacher_temp_warmup_epochs: int,
+        center_momentum: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        fft_weight: float,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()

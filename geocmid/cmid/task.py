@@ -31,6 +31,7 @@ and only on steps where the optimizer actually stepped (gradient accumulation).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping
@@ -614,3 +615,10 @@ class CMIDTask(BaseTask):
         finally:
             teacher.train(was_training)
         return nn.functional.normalize(feats, dim=1)
+
+
+def paper_settings() -> dict[str, Any]:
+    """The CMID method settings (:class:`CMIDModel` keyword arguments) at :class:`CMIDTask`'s
+    defaults, i.e. the paper's (Muhtar et al., TGRS 2023; the authors' configs)."""
+    params = inspect.signature(CMIDTask.__init__).parameters
+    return {name: params[name].default for name in METHOD_ARGS}

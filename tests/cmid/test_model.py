@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from geocmid.cmid import CMIDModel
+from geocmid.cmid.task import paper_settings
 from geocmid.errors import ConfigError
 
 SMALL = {
+    **paper_settings(),
     "queue_size": 64,
     "proj_hidden": 64,
     "proj_dim": 32,
