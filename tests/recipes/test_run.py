@@ -66,6 +66,10 @@ def test_interrupted_predict_resumes(quickstart: Path, capsys) -> None:
 def test_changed_settings_refused_on_complete_step(quickstart: Path, capsys) -> None:
     work = quickstart.parent.parent
     args = ["run", str(RECIPES / "quickstart.yaml"), "steps.predict.overlap=8", "--tiny"]
+    # the plan says so before anything runs, and only for the changed step
+    assert _run([*args, "--dry-run"], work) == 0
+    plan = capsys.readouterr().out
+    assert "refused unless --redo predict" in plan and "--redo finetune" not in plan
     assert _run(args, work) == 2
     err = capsys.readouterr().err
     assert "step 'predict'" in err and "--redo predict" in err
