@@ -119,6 +119,91 @@ def band_regex_from_pattern(pattern: str) -> str:
     return f"^{to_regex(before)}(?P<band>.+?){to_regex(after)}$"
 
 
+#: Date formats tried, in order, when a file name's date does not parse with ``date_format``
+#: (each must write back to exactly the text matched, so ``2023071`` is never read as
+#: 2023-07-01).
+COMMON_DATE_FORMATS = (
+    "%Y%m%d",
+    "%Y%m%dT%H%M%S",
+    "%Y-%m-%d",
+    "%Y_%m_%d",
+    "%Y.%m.%d",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H%M%S",
+    "%Y%j",
+    "%Y-%m",
+    "%Y%m",
+    "%Y",
+)
+
+
+def date_search_regex(pattern: str) -> str:
+    """A ``date_pattern`` as a regex that TorchGeo's ``re.match`` finds anywhere in a name.
+
+    ``'(?P<date>\\d{8})'`` matches ``naip_20220701.tif`` and
+    ``S2B_MSIL2A_20230719T103629_tile.tif``; a pattern anchored with ``^`` is kept as given.
+    """
+    if pattern.lstrip().startswith("^"):
+        return pattern
+    return f"^.*?(?:{pattern})"
+
+
+def parse_date(text: str, date_format: str | None = None) -> tuple[Any, Any, str]:
+    """``(mint, maxt, format)`` of a date found in a file name (pandas Timestamps).
+
+    ``date_format`` is tried first, then :data:`COMMON_DATE_FORMATS`; a format is accepted only
+    when the date it parses writes back to ``text``. The interval spans the precision of the
+    format (a day for ``%Y%m%d``, a second for ``%Y%m%dT%H%M%S``), as TorchGeo's
+    ``disambiguate_timestamp`` defines it.
+
+    Raises:
+        ValueError: no format reads ``text`` (the message lists the formats tried).
+    """
+    import pandas as pd
+    from torchgeo.datasets.utils import disambiguate_timestamp
+
+    tried = list(dict.fromkeys([f for f in (date_format,) if f] + list(COMMON_DATE_FORMATS)))
+    for fmt in tried:
+        try:
+            stamp = pd.to_datetime(text, format=fmt)
+        except (ValueError, TypeError):
+            continue
+        if stamp.strftime(fmt).lower() != text.lower():
+            continue
+        mint, maxt = disambiguate_timestamp(text, fmt)
+        return mint, maxt, fmt
+    raise ValueError(f"{text!r} is not a date in any of the formats {', '.join(tried)}")
+
+
+def file_date(
+    path: str, date_pattern: str, date_format: str | None = None
+) -> tuple[Any, Any, str]:
+    """``(mint, maxt, format)`` of the date in ``path``'s name, found with ``date_pattern``.
+
+    Raises:
+        DataError: the name does not match the pattern, or its date part is not a date.
+    """
+    name = os.path.basename(path)
+    match = re.match(date_search_regex(date_pattern), name, re.VERBOSE)
+    if match is None or match.groupdict().get("date") is None:
+        raise DataError(
+            path,
+            f"its name does not contain the date_pattern {date_pattern!r} "
+            "(searched anywhere in the file name)",
+            "fix 'date_pattern' (e.g. '(?P<date>\\d{8})' for 20230719), or set 'date' when "
+            "the names carry no date",
+        )
+    try:
+        return parse_date(match.group("date"), date_format)
+    except ValueError as error:
+        raise DataError(
+            path,
+            f"the date part of its name matched by date_pattern {date_pattern!r} is "
+            f"{error}",
+            "set 'date_format' to the strptime format of that text (e.g. '%d%m%Y')",
+        ) from None
+
+
 def band_path(band_regex: str, band: str, path: str) -> str:
     """The file of ``band`` beside ``path`` (another band's file), by the ``band`` group."""
     directory, filename = os.path.split(path)
@@ -145,6 +230,8 @@ class RasterSource:
         resampling: how files not on the grid are warped onto it.
         filename_regex: regex file names were matched with (TorchGeo's ``filename_regex``).
         separate: one file per band (``band_files``).
+        date_pattern: the entry's ``date_pattern`` (searched anywhere in file names).
+        date_format: strptime format tried first on the dates of file names.
     """
 
     name: str
@@ -159,6 +246,15 @@ class RasterSource:
     resampling: Resampling = Resampling.bilinear
     filename_regex: str = ".*"
     separate: bool = False
+    date_pattern: str | None = None
+    date_format: str | None = None
+
+    def file_date(self, path: str) -> tuple[Any, Any] | None:
+        """``(mint, maxt)`` of ``path`` from its name, or ``None`` without a date pattern."""
+        if self.date_pattern is None:
+            return None
+        mint, maxt, _ = file_date(path, self.date_pattern, self.date_format)
+        return mint, maxt
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -337,6 +433,7 @@ def build_source(
     reference_grid: tuple[CRS, Affine] | None = None,
     is_image: bool = True,
     name: str = "",
+    date_format: str | None = None,
 ) -> RasterSource:
     """A source over ``files`` with the grid rule of this module.
 
@@ -345,7 +442,8 @@ def build_source(
             replacing the regex's ``band`` group with each band name).
         bands: band names in training order.
         band_regex: filename regex with a ``(?P<band>...)`` group: one file per band.
-        filename_regex: files whose name does not match are left out (TorchGeo's rule).
+        filename_regex: a ``date_pattern``: files whose name does not contain it are left out
+            (TorchGeo's rule, but searched anywhere in the name: :func:`date_search_regex`).
         crs: CRS of the grid (``EPSG:…``, rasterio or pyproj CRS; default: the first file's).
         res: resolution of the grid in CRS units (default: the finest band's / first file's).
         grid: read on exactly this grid instead (crs and res are then ignored).
@@ -354,11 +452,14 @@ def build_source(
         reference_grid: ``(crs, transform)`` for files with no georeferencing at all.
         is_image: bilinear resampling for images, nearest for labels.
         name: name for messages.
+        date_format: strptime format of the date group (else :data:`COMMON_DATE_FORMATS`).
     """
-    regex = band_regex or filename_regex or ".*"
-    pattern = re.compile(regex, re.VERBOSE)
+    regex = band_regex or (date_search_regex(filename_regex) if filename_regex else ".*")
     keys = sorted({str(f) for f in files})
-    keys = [k for k in keys if pattern.match(os.path.basename(k))]
+    keys = [k for k in keys if re.match(regex, os.path.basename(k), re.VERBOSE)]
+    if filename_regex and band_regex:
+        date_regex = date_search_regex(filename_regex)
+        keys = [k for k in keys if re.match(date_regex, os.path.basename(k), re.VERBOSE)]
     if not keys:
         raise DataError(
             name or "raster source",
@@ -392,6 +493,8 @@ def build_source(
         resampling=Resampling.bilinear if is_image else Resampling.nearest,
         filename_regex=regex,
         separate=band_regex is not None,
+        date_pattern=filename_regex,
+        date_format=date_format,
     )
 
 
@@ -486,6 +589,7 @@ def imagery_source(
         assign_crs=parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'"),
         is_image=True,
         name=entry.name,
+        date_format=entry.date_format,
     )
 
 

@@ -27,7 +27,7 @@ from geocmid.data.catalog.schema import (
 )
 from geocmid.data.catalog.store import Catalog
 from geocmid.data.rasters import RasterInfo, parse_crs, raster_info
-from geocmid.data.sources import Grid, imagery_source
+from geocmid.data.sources import Grid, file_date, imagery_source
 from geocmid.errors import ConfigError, DataError, did_you_mean
 
 
@@ -61,6 +61,10 @@ def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
             )
     parse_crs(entry.crs, f"{entry.where}, key 'crs'")
     parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'")
+    if entry.date_pattern:
+        keys = entry.band_file_groups()[0] if entry.band_files else entry.files()
+        for path in keys:  # names the first file whose name holds no readable date
+            file_date(str(path), entry.date_pattern, entry.date_format)
     return infos
 
 
@@ -275,8 +279,8 @@ def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
         if catalog is None:
             raise ConfigError(entry.where, "bitemporal entries need the catalog they live in")
         report.rasters = validate_bitemporal(entry, catalog)
-    elif isinstance(entry, ImageFolderEntry):
-        report.image_counts = validate_image_folder(entry)
+    elif callable(getattr(entry, "validate_files", None)):  # chip datasets (catalog/chips.py)
+        report.image_counts = entry.validate_files()
     elif isinstance(entry, TorchGeoDatasetEntry):
         validate_torchgeo_dataset(entry)
     return report

@@ -109,6 +109,7 @@ class CatalogRasterDataset(RasterDataset):
                 assign_crs=assign_crs,
                 reference_grid=reference_grid,
                 is_image=is_image,
+                date_format=date_format,
             )
         self.source = source
         self.all_bands = tuple(str(b) for b in source.bands)
@@ -150,6 +151,14 @@ class CatalogRasterDataset(RasterDataset):
 
     def _update_filepath(self, band: str, filepath: str) -> str:
         return band_path(self.filename_regex, band, filepath)
+
+    def _filepath_to_timestamp(self, filepath: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The date in the file's name (``date_pattern`` searched anywhere in it, the format
+        found among common ones: :func:`geocmid.data.sources.parse_date`), else the entry's."""
+        found = self.source.file_date(filepath) if hasattr(self, "source") else None
+        if found is None:
+            return self.mint, self.maxt
+        return found
 
     def _load_warp_file(self, filepath: Path, crs: Any = None) -> DatasetReader | WarpedVRT:
         if self.assign_crs is None and self.reference_grid is None:
