@@ -20,13 +20,13 @@ import numpy as np
 import rasterio
 
 from geocmid.data.sources import RasterSource
-from geocmid.errors import ConfigError
+from geocmid.errors import ConfigError, DataError
 from geocmid.inference import assemble, summary
 from geocmid.inference.detections import boxes_frame, merge_boxes
 from geocmid.inference.engine import RunSettings, blocks_for_part, run_blocks
 from geocmid.inference.predictor import Predictor
 from geocmid.inference.reader import SceneInput, plan_scenes
-from geocmid.inference.store import WorkDir
+from geocmid.inference.store import RunLock, WorkDir, write_error
 from geocmid.inference.vectorize import polygons, scene_cells
 from geocmid.inference.writers import (
     GDAL_ENV,
@@ -104,7 +104,33 @@ def _label(scene: SceneInput) -> str:
     return f"entry:{scene.name}" if isinstance(scene, RasterSource) else str(scene)
 
 
-def predict_scene(
+@dataclass
+class SceneJob:
+    """One prepared prediction: its plan, layout, work folder and outputs, before any block runs.
+
+    Made by :func:`prepare_scene`; its blocks are then computed by :func:`run_blocks` (one
+    process), by ``part`` runs, or by Dask workers (:mod:`geocmid.inference.distributed`), and
+    :func:`finish_scene` assembles the outputs from the work folder.
+    """
+
+    predictor: Predictor
+    inputs: list[SceneInput]
+    name: str
+    plan: Any
+    layout: Any
+    work: WorkDir
+    paths: dict[str, Path]
+    config: dict[str, Any]
+    settings: RunSettings
+    options: OutputOptions
+    lock: RunLock
+
+    def todo(self) -> list[Any]:
+        """Blocks not yet in the work folder."""
+        return [b for b in self.layout.blocks() if not self.work.is_done(b)]
+
+
+def prepare_scene(
     predictor: Predictor,
     inputs: list[SceneInput],
     out_dir: str | os.PathLike[str],
@@ -116,21 +142,15 @@ def predict_scene(
     resampling: str = "bilinear",
     bands: tuple[int, ...] | None = None,
     overwrite: bool = False,
-    part: tuple[int, int] | None = None,
-    progress: bool = True,
-) -> PredictionResult:
-    """Predict one scene (or one pair of dated scenes for ``change``) into ``out_dir``.
+    exclusive: bool = True,
+) -> SceneJob:
+    """Check the inputs, plan the scene, take the output's lock and prepare the work folder.
 
-    A scene is a raster file (read on its own grid) or a
-    :class:`~geocmid.data.sources.RasterSource`, e.g. a catalog imagery entry's
-    (:func:`geocmid.data.sources.imagery_source`): read exactly as training reads it (band files,
-    nodata override, ``assign_crs``) on the entry's grid, which the outputs then share. An entry
-    of several files is one mosaic on that grid (the first file with data wins a pixel).
+    ``exclusive=False`` shares the lock with other ``part`` runs of the same output. The caller
+    releases ``job.lock`` (:func:`finish_scene` does on success).
 
     Raises:
-        DataError: unreadable or non-overlapping inputs, unwritable or existing outputs.
-        ModelError: the model's bands or outputs do not fit the card / the image.
-        ConfigError: invalid settings, or an unfinished run with other settings is in the way.
+        ConfigError: see :func:`predict_scene`; also another run of the same output is running.
     """
     settings, options = settings or RunSettings(), options or OutputOptions()
     task, card = predictor.task, predictor.model_card
@@ -157,37 +177,126 @@ def predict_scene(
         "model": predictor.fingerprint,
         "change_input": predictor.change_input,
     }
-    work = WorkDir(out / f".{name}.geocmid-work", {**config, "card": card.to_dict()})
-    if not work.exists:
-        refuse_existing(list(paths.values()), overwrite)
-    work.prepare(overwrite)
+    lock = RunLock(out / f".{name}.geocmid-lock", exclusive, f" of '{name}'").acquire()
+    try:
+        work = WorkDir(out / f".{name}.geocmid-work", {**config, "card": card.to_dict()})
+        if not work.exists:
+            refuse_existing(list(paths.values()), overwrite)
+        work.prepare(overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return SceneJob(
+        predictor, list(inputs), name, plan, layout, work, paths, config, settings, options, lock
+    )
+
+
+def finish_scene(job: SceneJob, predictor: Predictor | None = None) -> PredictionResult:
+    """Assemble the outputs of a job whose blocks are all in its work folder; remove the work
+    folder and release the lock.
+
+    Raises:
+        DataError: blocks are missing (not every block was computed), or outputs cannot be
+            written.
+    """
+    predictor = predictor or job.predictor
+    missing = len(job.todo())
+    if missing:
+        job.lock.release()
+        raise DataError(
+            str(job.work.path),
+            f"{missing} block(s) are not computed yet",
+            "run the prediction again without --part to compute and assemble them",
+        )
+    task, card, paths, config = predictor.task, predictor.model_card, job.paths, job.config
     result = PredictionResult()
-    with rasterio.Env(**GDAL_ENV):
-        blocks = blocks_for_part(layout, part)
-        result.blocks_run = run_blocks(predictor, plan, layout, work, blocks, settings, progress)
-        if part is not None:
-            # Parts never assemble (two finishing together would race); a plain call does.
-            left = sum(not work.is_done(b) for b in layout.blocks())
-            log.info("part %s/%s done; %d block(s) left to other parts", *part, left)
-            result.complete = False
-            return result
-        tags = provenance_tags(card, {**config, "inputs": [_label(p) for p in inputs]})
-        result.summary = {
-            "task": task,
-            "name": name,
-            "inputs": [_label(p) for p in inputs],
-            "grid": summary.grid_dict(plan.grid),
-            "settings": dataclasses.asdict(settings),
-            "model_card": card.to_dict(),
-        }
-        if task in ("segmentation", "change"):
-            _finish_dense(predictor, work, layout, plan, paths, options, tags, result)
-        else:
-            _finish_objects(predictor, work, layout, plan, paths, options, result)
-        result.summary["outputs"] = {k: str(v) for k, v in paths.items()}
-        summary.write_summary(paths["summary"], result.summary)
+    try:
+        with rasterio.Env(**GDAL_ENV):
+            tags = provenance_tags(card, {**config, "inputs": [_label(p) for p in job.inputs]})
+            result.summary = {
+                "task": task,
+                "name": job.name,
+                "inputs": [_label(p) for p in job.inputs],
+                "grid": summary.grid_dict(job.plan.grid),
+                "settings": dataclasses.asdict(job.settings),
+                "model_card": card.to_dict(),
+            }
+            if task in ("segmentation", "change"):
+                _finish_dense(
+                    predictor, job.work, job.layout, job.plan, paths, job.options, tags, result
+                )
+            else:
+                _finish_objects(
+                    predictor, job.work, job.layout, job.plan, paths, job.options, result
+                )
+            result.summary["outputs"] = {k: str(v) for k, v in paths.items()}
+            summary.write_summary(paths["summary"], result.summary)
+    except OSError as error:
+        job.lock.release()
+        raise write_error(job.work.path.parent, error) from error
+    except BaseException:
+        job.lock.release()
+        raise
     result.outputs = paths
-    work.remove()
+    job.work.remove()
+    job.lock.release(remove=True)
+    return result
+
+
+def predict_scene(
+    predictor: Predictor,
+    inputs: list[SceneInput],
+    out_dir: str | os.PathLike[str],
+    name: str | None = None,
+    settings: RunSettings | None = None,
+    options: OutputOptions | None = None,
+    *,
+    grid: str = "first",
+    resampling: str = "bilinear",
+    bands: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+    part: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> PredictionResult:
+    """Predict one scene (or one pair of dated scenes for ``change``) into ``out_dir``.
+
+    A scene is a raster file (read on its own grid) or a
+    :class:`~geocmid.data.sources.RasterSource`, e.g. a catalog imagery entry's
+    (:func:`geocmid.data.sources.imagery_source`): read exactly as training reads it (band files,
+    nodata override, ``assign_crs``) on the entry's grid, which the outputs then share. An entry
+    of several files is one mosaic on that grid (the first file with data wins a pixel).
+
+    Only one run of an output runs at a time (a second is refused with the first one's PID);
+    ``part`` runs of one job may run together, and a plain run afterwards assembles them.
+
+    Raises:
+        DataError: unreadable or non-overlapping inputs, unwritable or existing outputs, a full
+            disk.
+        ModelError: the model's bands or outputs do not fit the card / the image.
+        ConfigError: invalid settings, an unfinished run with other settings is in the way, or
+            another run of the same output is running.
+    """
+    job = prepare_scene(
+        predictor, inputs, out_dir, name, settings, options, grid=grid,
+        resampling=resampling, bands=bands, overwrite=overwrite, exclusive=part is None,
+    )  # fmt: skip
+    try:
+        with rasterio.Env(**GDAL_ENV):
+            blocks = blocks_for_part(job.layout, part)
+            blocks_run = run_blocks(
+                predictor, job.plan, job.layout, job.work, blocks, job.settings, progress
+            )
+    except BaseException:
+        job.lock.release()
+        raise
+    if part is not None:
+        # Parts never assemble (two finishing together would race); a plain call does.
+        left = len(job.todo())
+        job.lock.release()
+        log.info("part %s/%s done; %d block(s) left to other parts", *part, left)
+        return PredictionResult(complete=False, blocks_run=blocks_run)
+    result = finish_scene(job)
+    result.blocks_run = blocks_run
     return result
 
 

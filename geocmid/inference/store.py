@@ -7,16 +7,22 @@ Layout (beside the outputs, removed when the run is complete)::
         blocks/b0003_0012.npz # one file per completed block, renamed into place when complete
 
 A block file exists only when its block is complete, so a killed run resumes from the blocks it
-finished. Several processes (``--part i/n``) can share one work folder: each writes only its own
-blocks, and the final step assembles all of them.
+finished. Several processes (``--part i/n``, Dask workers) can share one work folder: each writes
+only its own blocks, and the final step assembles all of them.
+
+A lock file ``.NAME.geocmid-lock`` beside the work folder (:class:`RunLock`) keeps a second run
+of the same output from starting while one is running: a plain run (which assembles and then
+removes the work folder) holds it exclusively, ``--part`` runs share it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,11 +90,7 @@ class WorkDir:
             self.blocks_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(state_file, json.dumps(_jsonable(self.fingerprint), indent=1))
         except OSError as error:
-            raise DataError(
-                str(self.path.parent),
-                f"cannot be written ({error.strerror})",
-                "choose a folder you can write to",
-            ) from error
+            raise write_error(self.path.parent, error) from error
         return False
 
     def block_file(self, block: Block) -> Path:
@@ -105,6 +107,9 @@ class WorkDir:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, **arrays)
             os.replace(tmp, final)
+        except OSError as error:
+            Path(tmp).unlink(missing_ok=True)
+            raise write_error(self.blocks_dir, error) from error
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -115,6 +120,127 @@ class WorkDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_error(folder: Path, error: OSError) -> DataError:
+    """One clear error for a write that failed in ``folder``: the disk is full, the folder is
+    not writable, or another OS error (named by its ``strerror``)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(
+            str(folder),
+            "the disk is full (no space left to save prediction blocks)",
+            "free space on that disk, or write to a folder on another disk with -o; "
+            "rerunning the same command then resumes from the blocks already saved",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return DataError(
+            str(folder),
+            f"cannot be written ({error.strerror})",
+            "choose an output folder you can write to (-o), or fix its permissions",
+        )
+    return DataError(
+        str(folder),
+        f"cannot be written ({error.strerror or error})",
+        "check the disk and choose a folder you can write to",
+    )
+
+
+class RunLock:
+    """An advisory lock that keeps two runs of one output from overlapping.
+
+    ``exclusive=True`` (a run that assembles and removes the work folder) excludes every other
+    run of the same output; ``exclusive=False`` (a ``--part`` run, which only adds blocks) shares
+    the lock with other part runs. The lock is released when the process exits, however it ends
+    (``fcntl.flock``), so a killed run never leaves a stale lock. The lock file records the
+    holders' PIDs and host for the error message. No-op where ``fcntl`` is missing (Windows).
+
+    Raises (on :meth:`acquire`):
+        ConfigError: another run holds the lock; names its PID(s).
+    """
+
+    def __init__(self, path: Path, exclusive: bool = True, what: str = "") -> None:
+        self.path = Path(path)
+        self.exclusive = exclusive
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise write_error(self.path.parent, error) from error
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holders = _read_holders(fd)
+                os.close(fd)
+                raise self._busy(holders) from None
+            # A finishing run removes the file after use: lock the file that is there now.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        if self.exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        else:
+            with open(fd, "a", closefd=False) as handle:
+                handle.write(me)
+        self._fd = fd
+        return self
+
+    def _busy(self, holders: list[str]) -> ConfigError:
+        alive = [h for h in holders if _alive(h)] or holders
+        pids = ", ".join(alive) or "unknown"
+        return ConfigError(
+            str(self.path.parent),
+            f"another geocmid predict run{self.what} is writing here (PID {pids})",
+            "wait for it to finish (or stop it), or write to another folder with -o; "
+            "--part runs of one job may run together, a plain run waits for them",
+        )
+
+    def release(self, remove: bool = False) -> None:
+        """Release the lock; ``remove`` deletes the lock file first (the run is complete)."""
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holders(fd: int) -> list[str]:
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+    except OSError:
+        return []
+    return list(dict.fromkeys(line.split()[0] for line in text.splitlines() if line.strip()))
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -145,3 +146,105 @@ def test_two_processes_give_the_single_process_result(scene, tmp_path):
     assert assembled.blocks_run == 0
     assert files(tmp_path / "one") == files(tmp_path / "two")
     assert single.summary["classes"] == assembled.summary["classes"]
+
+
+def test_second_run_into_the_same_output_is_refused_with_the_holders_pid(scene, tmp_path):
+    """A second run of one output (here in another process) is refused, naming the first
+    run's PID; --part runs share the lock; once the holder is gone the lock is free again."""
+    from geocmid.errors import ConfigError
+    from geocmid.inference.store import RunLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            "from geocmid.inference.store import RunLock;"
+            f"RunLock(Path({str(out / '.big.geocmid-lock')!r})).acquire();"
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"PID {holder.pid}"):
+            predict_scene(
+                Predictor(toymodels.TinyCNN(seed=1), toymodels.card()),
+                [scene],
+                out,
+                settings=SETTINGS,
+                progress=False,
+            )
+        with pytest.raises(ConfigError, match=f"PID {holder.pid}"):  # a part too
+            RunLock(out / ".big.geocmid-lock", exclusive=False).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Part runs share the lock; a plain run is refused while they hold it.
+    a = RunLock(out / ".big.geocmid-lock", exclusive=False).acquire()
+    b = RunLock(out / ".big.geocmid-lock", exclusive=False).acquire()
+    with pytest.raises(ConfigError, match="another geocmid predict run"):
+        RunLock(out / ".big.geocmid-lock").acquire()
+    a.release()
+    b.release()
+    result = predict_scene(
+        Predictor(toymodels.TinyCNN(seed=1), toymodels.card()),
+        [scene],
+        out,
+        settings=SETTINGS,
+        progress=False,
+    )
+    assert result.complete
+    assert not list(out.glob(".*"))  # lock file and work folder removed
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "cannot be written (Permission denied)")],
+)
+def test_full_disk_or_no_permission_while_saving_blocks_is_one_clear_error(
+    scene, tmp_path, monkeypatch, code, words
+):
+    """ENOSPC / EACCES while saving a block: a DataError naming the blocks folder and the fix,
+    which the CLI prints as one line (exit 2); the blocks saved before are kept."""
+    import os
+
+    from geocmid.errors import DataError
+
+    real = np.savez
+    calls = {"n": 0}
+
+    def savez(handle, **arrays):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(code, os.strerror(code))
+        real(handle, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as info:
+        predict_scene(
+            Predictor(toymodels.TinyCNN(seed=1), toymodels.card()),
+            [scene],
+            out,
+            settings=SETTINGS,
+            progress=False,
+        )
+    message = str(info.value)
+    assert words in message
+    assert str(out / ".big.geocmid-work" / "blocks") in message
+    assert "-o" in message  # the fix names another output folder
+    assert len(list(out.glob(".big.geocmid-work/blocks/*.npz"))) == 2
+    assert not list(out.glob(".big.geocmid-work/blocks/*.tmp"))
+    monkeypatch.setattr(np, "savez", real)  # space freed: the rerun resumes and finishes
+    again = predict_scene(
+        Predictor(toymodels.TinyCNN(seed=1), toymodels.card()),
+        [scene],
+        out,
+        settings=SETTINGS,
+        progress=False,
+    )
+    assert again.blocks_run == N_BLOCKS - 2
