@@ -13,6 +13,7 @@ Nothing is downloaded; pickled checkpoints are never unpickled.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,17 @@ from geocmid.inference.card import ModelCard
 from geocmid.inference.predictor import Predictor
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when this process sees a CUDA GPU, else ``"cpu"``; any other
+    value is returned as given (``"cpu"``, ``"cuda:1"``)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_model(spec: str, device: str = "cpu") -> Any:
     """Load a model from a file or a ``module:callable`` factory (see the module docstring)."""
+    device = resolve_device(device)
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ts", ".jit", ".pt2"):
         if not path.exists():
@@ -66,8 +76,10 @@ def load_predictor(
     """Build a :class:`Predictor` from a model spec and a model card.
 
     A ``geocmid fit`` checkpoint (``.ckpt``) carries its own card and task; other model files
-    need ``card`` (a JSON file) and ``task``.
+    need ``card`` (a JSON file) and ``task``. ``device="auto"`` picks this process's GPU
+    when it has one (see :func:`resolve_device`).
     """
+    device = resolve_device(device)
     if Path(model).suffix == ".ckpt":
         from geocmid.tasks import load_for_prediction
 
@@ -99,3 +111,30 @@ def load_predictor(
         change_input=change_input,  # type: ignore[arg-type]
         background=background,
     )
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """How to load a predictor, sent to Dask workers so that each loads the model itself, once.
+
+    Calling it returns :func:`load_predictor` ``(model, card, task, device, ...)``; the device is
+    resolved in the calling process, so ``device="auto"`` gives each worker its own GPU when it
+    has one. Picklable (plain strings), unlike a loaded TorchScript model.
+    """
+
+    model: str
+    card: str | None = None
+    task: str | None = None
+    device: str = "cpu"
+    change_input: str = "stacked"
+    background: int | None = 0
+
+    def __call__(self) -> Predictor:
+        return load_predictor(
+            self.model,
+            self.card,
+            self.task,
+            device=self.device,
+            change_input=self.change_input,
+            background=self.background,
+        )
