@@ -96,12 +96,17 @@ class BoxChipDataset(GeoDataset):
         return sample
 
 
+#: Per-object sample keys (a different count per chip): collated as lists.
+BOX_KEYS = ("bbox_xyxy", "label", "polygon", "difficult", "bbox", "labels")
+
+
 def collate_boxes(samples: Sequence[Sample]) -> Sample:
-    """Stack images (``[B, C, H, W]``) and fixed-size keys; keep boxes and labels as lists."""
+    """Stack images (``[B, C, H, W]``) and fixed-size keys; keep per-object keys
+    (:data:`BOX_KEYS`: boxes, labels, corners, difficulty) as lists of tensors."""
     out: Sample = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        if key in ("bbox_xyxy", "label") or not isinstance(values[0], Tensor):
+        if key in BOX_KEYS or not isinstance(values[0], Tensor):
             out[key] = values
         else:
             out[key] = torch.stack(values)
