@@ -35,7 +35,10 @@ examples:
   geocmid predict --task detection --model trees.pt --card card.json tile.tif -o out/ \\
       --window 400 --overlap 100
 
-  # two worker processes, then one assemble step (same folder, same settings)
+  # many scenes as one Dask job on 4 local worker processes (GPU per worker with --device auto)
+  geocmid predict --model model.pt --card card.json tiles/*.tif -o out/ --workers 4
+
+  # without Dask (e.g. a job array): two worker processes, then one assemble step
   geocmid predict --model model.pt --card card.json big.tif -o out/ --part 1/2 &
   geocmid predict --model model.pt --card card.json big.tif -o out/ --part 2/2 &
   wait; geocmid predict --model model.pt --card card.json big.tif -o out/
@@ -99,7 +102,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tta", default="none", choices=["none", "flips", "d4"], help="test-time augmentation"
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cuda:0, or auto (a GPU if there is one)"
+    )
     parser.add_argument("--bands", help="1-based image bands to use, e.g. 4,3,2")
     parser.add_argument(
         "--grid",
@@ -124,6 +129,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--iou", type=float, default=0.5, help="detection merge IoU")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--part", help="i/n: compute only part i of n of the blocks (or 'auto')")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the blocks of every scene as one Dask job on a local cluster of N worker "
+        "processes (docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the job on an existing Dask cluster, e.g. tcp://10.0.0.5:8786",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=handler)
 
@@ -176,6 +194,8 @@ def handler(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         part=_parse_part(args.part),
         progress=not args.no_progress,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     for run in predict(request).runs:
         for kind, path in run.outputs.items() if run.complete else ():

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from geocmid.errors import ConfigError
 from geocmid.inference.engine import RunSettings, run_blocks
+from geocmid.inference.loading import ModelLoader
 from geocmid.inference.predictor import Predictor
 from geocmid.inference.reader import SceneInput, ScenePlan
 from geocmid.inference.run import (
@@ -268,3 +269,42 @@ def worker_devices(client: Any) -> dict[str, str]:
     from geocmid.inference.loading import resolve_device
 
     return dict(client.run(resolve_device, "auto"))
+
+
+def predict_request_distributed(
+    request: Any,
+    predictor: Predictor,
+    runs: list[list[SceneInput]],
+    name: str | None,
+    settings: RunSettings,
+    options: OutputOptions,
+) -> list[PredictionResult]:
+    """The Dask path of :func:`geocmid.workflows.predict.predict` (``workers`` / ``scheduler``):
+    every run of the request is one job; each worker loads the model from the request itself.
+
+    Raises:
+        ConfigError: ``part`` given too (Dask replaces it), or see :func:`dask_client`.
+    """
+    if request.part is not None:
+        raise ConfigError(
+            "--part",
+            "cannot be combined with --workers / --scheduler",
+            "use Dask (--workers N or --scheduler ADDRESS) or --part i/n, not both",
+        )
+    model = str(request.model)
+    if ":" not in model or Path(model).exists():  # a file: workers may run elsewhere
+        model = str(Path(model).resolve())
+    loader = ModelLoader(
+        model,
+        str(Path(request.card).resolve()) if request.card else None,
+        request.task,
+        device=request.device,
+        change_input=predictor.change_input,
+        background=predictor.background,  # vectors are made here, with this process's model
+    )
+    return predict_scenes(
+        loader, [SceneRun(scenes, name) for scenes in runs], request.output, settings, options,
+        workers=request.workers, scheduler=request.scheduler, predictor=predictor,
+        grid=request.grid, resampling=request.resampling, bands=request.bands,
+        overwrite=request.overwrite, progress=request.progress,
+    )  # fmt: skip

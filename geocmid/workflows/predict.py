@@ -50,6 +50,10 @@ class PredictRequest:
         overwrite: replace existing final outputs.
         part: ``(i, n)``: compute only part i of n of the blocks (another run assembles).
         progress: show a progress bar.
+        workers: run the blocks of every scene as one Dask job on a local cluster of this
+            many worker processes (0: in this process); see
+            :mod:`geocmid.inference.distributed`.
+        scheduler: address of an existing Dask scheduler to run the job on instead.
     """
 
     model: str | Path
@@ -80,6 +84,8 @@ class PredictRequest:
     overwrite: bool = False
     part: tuple[int, int] | None = None
     progress: bool = True
+    workers: int = 0
+    scheduler: str | None = None
 
     def display(self) -> str:
         """The equivalent ``geocmid predict`` command line (for plans and logs)."""
@@ -165,6 +171,12 @@ def predict(request: PredictRequest) -> PredictResult:
     name = request.name
     if name is None and len(request.entries) == 1 and predictor.task == "change":
         name = request.entries[0]  # a bitemporal entry: its name, not its two dates'
+    if request.workers or request.scheduler:
+        from geocmid.inference.distributed import predict_request_distributed
+
+        runs = _runs(request, inputs, predictor.task)
+        result.runs = predict_request_distributed(request, predictor, runs, name, settings, options)
+        return result
     for scenes in _runs(request, inputs, predictor.task):
         run = predict_scene(
             predictor,

@@ -91,3 +91,26 @@ def test_killed_worker_job_finishes_with_same_output(client, scenes, tmp_path):
     assert marker.exists()  # a worker did die mid-block
     assert results[0].complete
     assert output_files(tmp_path / "dask") == single(scenes[0], tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_cli_workers_loads_a_torchscript_model_on_each_worker(scenes, tmp_path):
+    """`geocmid predict --workers 1` (the CLI path: a TorchScript file, which cannot be pickled,
+    loaded by the worker itself) writes the bytes one process writes, for two scenes."""
+    import json
+
+    import torch
+
+    from geocmid.cli import main
+
+    (tmp_path / "m").mkdir()
+    torch.jit.script(toymodels.TinyCNN(seed=1)).save(str(tmp_path / "m" / "model.pt"))
+    (tmp_path / "m" / "card.json").write_text(json.dumps(toymodels.card()))
+    args = ["--model", str(tmp_path / "m" / "model.pt"), "--card", str(tmp_path / "m/card.json")]
+    args += ["--window", "64", "--overlap", "16", "--block-size", "100", "--no-progress"]
+    files = [str(s) for s in scenes]
+    assert main(["predict", *files, "-o", str(tmp_path / "one"), *args]) == 0
+    assert main(["predict", *files, "-o", str(tmp_path / "dask"), "--workers", "1", *args]) == 0
+    want = output_files(tmp_path / "one")
+    assert len(want) == 2 * 4  # classes, vectors, summary, quick-look per scene
+    assert output_files(tmp_path / "dask") == want
