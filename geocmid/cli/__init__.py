@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from geocmid import __version__
+from geocmid.cli import console
 from geocmid.errors import GeocmidError
 
 #: Subcommand modules, in the order they are listed by ``geocmid --help``.
@@ -49,16 +49,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("GEOCMID_CATALOG", "data_catalog"),
         help="catalog folder of data entries (environment variable GEOCMID_CATALOG)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    _console_flags(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"geocmid.cli.{name}")
         module.register(subparsers)
+    for sub in subparsers.choices.values():  # listed in every command's --help
+        _console_flags(sub)
+        for nested in _subparsers_of(sub):
+            _console_flags(nested)
     return parser
+
+
+def _console_flags(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose``; main() takes them anywhere on the line."""
+    group = parser.add_argument_group("console")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="warnings and errors only (no progress, no info lines)")  # fmt: skip
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging, GDAL messages, tracebacks")  # fmt: skip
+
+
+def _subparsers_of(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out += list(action.choices.values())
+    return out
+
+
+def _take_console_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """Remove ``-q/--quiet``, ``-v/--verbose`` (anywhere, before a ``--``) from ``argv``."""
+    out, verbose, quiet = [], False, False
+    for i, token in enumerate(argv):
+        if token == "--":
+            out += argv[i:]
+            break
+        if token in ("-v", "--verbose"):
+            verbose = True
+        elif token in ("-q", "--quiet"):
+            quiet = True
+        elif token in ("-vq", "-qv"):
+            verbose = quiet = True
+        else:
+            out.append(token)
+    return out, verbose, quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geocmid`` console script; returns the exit status."""
+    argv, verbose, quiet = _take_console_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse cannot take positionals after options; commands that take KEY=VALUE overrides
@@ -69,24 +109,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = [e for e in extra if "=" not in e or e.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
-    # Lightning prints through its own console handler: without this every line shows twice
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).propagate = False
+    args.verbose, args.quiet = verbose, quiet and not verbose
+    console.setup(verbose=args.verbose, quiet=args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    console.install_signal_handlers()
     try:
         result = args.func(args)
     except GeocmidError as error:
         print(f"error: {error.format()}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemExit:
+        if console.was_interrupted():  # Lightning turns Ctrl-C into sys.exit(1)
+            return _interrupted()
+        raise
+    except Exception as error:  # one line, not a traceback, unless --verbose
+        if args.verbose:
+            raise
+        described = console.describe_error(error)
+        if described is None:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(
+                f"error: {type(error).__name__}: {text}\n"
+                "  (an unexpected error: rerun with --verbose for the traceback and report it)",
+                file=sys.stderr,
+            )
+            return 1
+        line, code = described
+        print(f"error: {line}", file=sys.stderr)
+        return code
     return int(result or 0)
+
+
+def _interrupted() -> int:
+    print(
+        "interrupted: stopped cleanly; rerun the same command to resume from the last "
+        "checkpoint (finished steps are kept)",
+        file=sys.stderr,
+    )
+    return 130
 
 
 if __name__ == "__main__":

@@ -1,15 +1,28 @@
-"""Samplers: rank-aware random chips, nodata rejection and spatially disjoint splits."""
+"""Samplers: rank-aware random chips, nodata rejection, spatially disjoint splits, and how
+many chips a region can actually yield (the preflight of every training run).
+
+Where a chip may lie: a chip of ``S`` pixels lies inside a region when its centre lies in the
+region eroded by ``S/2`` along x and along y (:func:`chip_centres`; half a pixel of tolerance, so
+a scene exactly one chip wide yields that one chip). TorchGeo's ``RandomPatchSampler`` erodes
+by half the chip *diagonal* ("purposefully conservative"), so a tile or split block narrower
+than ``S·√2`` yielded no chip at all although whole chips fit in it; geocmid reads chips
+axis-aligned on the file's grid (no rotation augmentation reads outside the chip), so the
+square erosion is exact for the axis-aligned regions it samples (scenes, tiles, split blocks).
+:class:`ChipSampler` is ``RandomPatchSampler`` with that erosion.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import shapely
 import torch
+from geopandas import GeoSeries
 from shapely.geometry.base import BaseGeometry
 from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchgeo.datasets import GeoDataset
@@ -67,12 +80,10 @@ class NodataRejectingDataset(Dataset):
         self.rejected = 0
         self.gave_up = 0
         self._rng: np.random.Generator | None = None
-        res = dataset.res
-        half = math.hypot(size * res[0], size * res[1]) / 2
         area = dataset.index.geometry.union_all()
         if region is not None:
             area = area & region
-        core = area.buffer(-half)
+        core = chip_centres(area, size, dataset.res)
         self._region = core if not core.is_empty else area
 
     @property
@@ -173,8 +184,193 @@ def spatial_split_regions(
     return [shapely.union_all(r) for r in regions]
 
 
+#: Tolerance of :func:`chip_centres`, in pixels (under half a pixel: the snapped chip stays in).
+CENTRE_TOLERANCE = 0.49
+
+
+def chip_centres(
+    region: BaseGeometry, size: int, res: tuple[float, float] | Sequence[float]
+) -> BaseGeometry:
+    """Where the centre of a ``size``-pixel chip may lie so that the chip is inside ``region``.
+
+    The region eroded by a square of half-edge ``size/2 - 0.49`` pixels (mitre joins: exact for
+    regions made of axis-aligned boxes; edges at an angle erode slightly less). Empty when no
+    chip fits.
+
+    Args:
+        region: polygon(s) in CRS units.
+        size: chip edge in pixels.
+        res: pixel size ``(x, y)`` in CRS units.
+    """
+    rx, ry = abs(float(res[0])), abs(float(res[1]))
+    if region.is_empty:
+        return region
+    half = (size / 2 - CENTRE_TOLERANCE) * rx
+    if not math.isclose(rx, ry):  # erode a region scaled to square pixels, then scale back
+        import shapely.affinity
+
+        squashed = shapely.affinity.scale(region, 1.0, rx / ry, origin=(0, 0))
+        core = squashed.buffer(-half, join_style="mitre")
+        return shapely.affinity.scale(core, 1.0, ry / rx, origin=(0, 0))
+    return region.buffer(-half, join_style="mitre")
+
+
+class ChipSampler(RandomPatchSampler):
+    """TorchGeo's ``RandomPatchSampler`` whose chips may lie anywhere they fit.
+
+    Chip centres are drawn in :func:`chip_centres` of the region (square erosion) instead of the
+    region eroded by half the chip diagonal, so tiles and split blocks between one chip and
+    ``chip·√2`` wide yield chips. Same arguments as ``RandomPatchSampler``; ``size`` in pixels.
+    """
+
+    def __init__(
+        self, dataset: GeoDataset, *, size: int, length: int | None = None,
+        roi: BaseGeometry | None = None, generator: Any = None,
+    ) -> None:  # fmt: skip
+        super().__init__(dataset, size=size, length=length, roi=roi, generator=generator)
+        self.chip_size = int(size)
+        self.centres = chip_centres(self.geometry, int(size), dataset.res)
+        self.series = GeoSeries([self.centres])
+
+    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+        if self.centres.is_empty:
+            return iter(())
+        return super().__iter__()
+
+
 def random_chips(
     dataset: GeoDataset, size: int, length: int, roi: BaseGeometry | None, seed: int
-) -> RandomPatchSampler:
-    """TorchGeo's ``RandomPatchSampler`` seeded for this rank."""
-    return RandomPatchSampler(dataset, size=size, length=length, roi=roi, generator=rank_seed(seed))
+) -> ChipSampler:
+    """A :class:`ChipSampler` seeded for this rank."""
+    return ChipSampler(dataset, size=size, length=length, roi=roi, generator=rank_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# preflight: how many chips a region can yield
+@dataclass
+class SplitCapacity:
+    """How many chips a region (a split, or a whole entry) can yield.
+
+    Attributes:
+        name: the split (``train``, ``val``, ``test``, ``pretraining``).
+        chip_size: chip edge in pixels.
+        positions: distinct chip positions on the pixel grid whose chip lies inside the region.
+        probed: chips read to estimate the nodata share (up to :data:`PROBE_CHIPS`).
+        usable: probed chips with at most ``max_nodata`` nodata (and, with labels, at least one
+            labelled pixel).
+        max_nodata: the limit used, 0-1.
+        largest_part: width × height in pixels of the largest part of the region.
+        mean_nodata: mean nodata fraction of the probed chips, 0-1.
+    """
+
+    name: str
+    chip_size: int
+    positions: int
+    probed: int = 0
+    usable: int = 0
+    max_nodata: float = 1.0
+    largest_part: tuple[int, int] = (0, 0)
+    mean_nodata: float = 0.0
+
+    @property
+    def chips(self) -> int:
+        """Estimated usable distinct chips: positions × the usable share of the probes."""
+        if self.probed == 0:
+            return self.positions
+        return round(self.positions * self.usable / self.probed)
+
+    def describe(self) -> str:
+        """One sentence with the numbers."""
+        w, h = self.largest_part
+        text = (
+            f"split '{self.name}' holds {self.positions} distinct {self.chip_size}-px chip "
+            f"position(s) (largest part {w}×{h} px)"
+        )
+        if self.probed:
+            text += (
+                f"; {self.usable} of {self.probed} probed chips have at most "
+                f"{self.max_nodata:.0%} nodata and a valid target (mean nodata "
+                f"{self.mean_nodata:.0%}), about {self.chips} usable chip(s)"
+            )
+        return text
+
+
+#: Chips read per region by :func:`split_capacity` to estimate the nodata share.
+PROBE_CHIPS = 16
+
+
+def _largest_part(region: BaseGeometry, res: Sequence[float]) -> tuple[int, int]:
+    parts = list(getattr(region, "geoms", [region]))
+    if not parts or region.is_empty:
+        return (0, 0)
+    big = max(parts, key=lambda g: g.area)
+    xmin, ymin, xmax, ymax = big.bounds
+    return (round((xmax - xmin) / abs(res[0])), round((ymax - ymin) / abs(res[1])))
+
+
+def usable_chip(sample: Sample, max_nodata: float, ignore_index: int | None = 255) -> bool:
+    """A chip training can use: at most ``max_nodata`` nodata and, when it has a ``mask``, at
+    least one pixel that is not ``ignore_index``."""
+    if nodata_fraction(sample) > max_nodata:
+        return False
+    mask = sample.get("mask")
+    if mask is not None and ignore_index is not None:
+        return bool((mask != ignore_index).any())
+    return True
+
+
+def split_capacity(
+    dataset: GeoDataset | Dataset,
+    region: BaseGeometry,
+    chip_size: int,
+    res: Sequence[float],
+    *,
+    name: str = "train",
+    max_nodata: float = 1.0,
+    probe: int = PROBE_CHIPS,
+    seed: int = 0,
+    ignore_index: int | None = 255,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> SplitCapacity:
+    """Count the chips ``region`` can yield and probe their nodata share.
+
+    Positions are the distinct chip origins on the pixel grid whose chip lies inside ``region``
+    (the area of :func:`chip_centres` in pixels). Up to ``probe`` chips at random positions
+    (seeded) are read through ``dataset`` as training reads them; the usable share
+    (:func:`usable_chip`) scales the positions into an estimate of usable chips.
+
+    Args:
+        dataset: the dataset chips are read from (``dataset[slice_x, slice_y]``).
+        region: the split's region in CRS units.
+        chip_size: chip edge in pixels.
+        res: pixel size ``(x, y)``.
+        name: split name for messages.
+        max_nodata: largest accepted nodata fraction.
+        probe: chips read (0: count positions only).
+        seed: seed of the probe positions.
+        ignore_index: mask value of unlabelled pixels.
+        origin: a point of the pixel grid (the dataset's ``xmin, ymin``) to snap chips to.
+    """
+    rx, ry = abs(float(res[0])), abs(float(res[1]))
+    centres = chip_centres(region, chip_size, (rx, ry))
+    positions = 0 if centres.is_empty else round(centres.area / (rx * ry))
+    if not centres.is_empty and positions == 0:
+        positions = 1
+    capacity = SplitCapacity(
+        name, int(chip_size), positions, max_nodata=max_nodata,
+        largest_part=_largest_part(region, (rx, ry)),
+    )  # fmt: skip
+    if positions == 0 or probe <= 0:
+        return capacity
+    points = GeoSeries([centres]).sample_points(size=probe, rng=np.random.default_rng(seed))
+    fractions = []
+    for point in points.explode():
+        col = round((point.x - origin[0]) / rx - chip_size / 2)
+        row = round((point.y - origin[1]) / ry - chip_size / 2)
+        x0, y0 = origin[0] + col * rx, origin[1] + row * ry
+        sample = dataset[slice(x0, x0 + chip_size * rx), slice(y0, y0 + chip_size * ry)]
+        fractions.append(nodata_fraction(sample))
+        capacity.probed += 1
+        capacity.usable += usable_chip(sample, max_nodata, ignore_index)
+    capacity.mean_nodata = float(np.mean(fractions)) if fractions else 0.0
+    return capacity

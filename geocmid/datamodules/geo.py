@@ -13,7 +13,6 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 from torchgeo.datasets import GeoDataset, IntersectionDataset
-from torchgeo.samplers import RandomPatchSampler
 
 from geocmid.data.catalog import (
     BitemporalEntry,
@@ -30,15 +29,18 @@ from geocmid.data.datasets import (
     vector_labels_dataset,
 )
 from geocmid.data.sampling import (
+    ChipSampler,
     FixedSampler,
     NodataRejectingDataset,
+    SplitCapacity,
     rank_and_world_size,
     rank_seed,
     spatial_split_regions,
+    split_capacity,
 )
 from geocmid.data.stats import entry_normalizer
 from geocmid.datamodules.base import CatalogDataModule, loader
-from geocmid.errors import ConfigError
+from geocmid.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +156,44 @@ class SupervisedGeoDataModule(CatalogDataModule):
         assert self.lookup is not None
         return len(self.lookup.classes)
 
-    def _sampler(self, split: int, length: int, seed: int) -> RandomPatchSampler:
-        return RandomPatchSampler(
+    def _sampler(self, split: int, length: int, seed: int) -> ChipSampler:
+        return ChipSampler(
             self.dataset, size=self.hparams.chip_size, length=length, roi=self.regions[split],
             generator=seed,
         )  # fmt: skip
+
+    def preflight(self, splits: Sequence[str] = ("train", "val")) -> list[SplitCapacity]:
+        """Count the chips each split can yield and refuse, before training, a split that holds
+        no chip, no usable chip (nodata / no labelled pixel) or, for training, fewer usable chips
+        than one batch.
+
+        Returns:
+            one :class:`~geocmid.data.sampling.SplitCapacity` per split checked.
+
+        Raises:
+            ConfigError: a split too small for the chip size or the batch (the numbers, and
+                which setting to change).
+            DataError: a split whose probed chips are all nodata or unlabelled.
+        """
+        self.setup()
+        assert self.dataset is not None
+        hp = self.hparams
+        names = ("train", "val", "test")
+        origin = tuple(self.dataset.index.total_bounds[:2])
+        out = []
+        for name in splits:
+            i = names.index(name)
+            if i >= len(self.regions) or float(hp.split[i]) <= 0:
+                continue
+            capacity = split_capacity(
+                self.dataset, self.regions[i], hp.chip_size, self.dataset.res, name=name,
+                max_nodata=hp.max_nodata if name == "train" else 1.0, seed=hp.seed + i,
+                origin=origin,  # type: ignore[arg-type]
+            )  # fmt: skip
+            check_capacity(capacity, hp.batch_size if name == "train" else 1, _SPLIT_FIX)
+            out.append(capacity)
+            log.debug("%s", capacity.describe())
+        return out
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -195,6 +230,37 @@ class SupervisedGeoDataModule(CatalogDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(2)
+
+
+_SPLIT_FIX = (
+    "use a smaller data.chip_size, a larger data.block_size or share of data.split for this "
+    "split, a smaller data.batch_size, or more imagery"
+)
+
+
+def check_capacity(capacity: SplitCapacity, batch_size: int, fix: str) -> None:
+    """Raise when ``capacity`` is empty, all nodata / unlabelled, or smaller than one batch.
+
+    Raises:
+        ConfigError: no chip position, or fewer usable chips than ``batch_size``.
+        DataError: none of the probed chips is usable.
+    """
+    where = f"data split '{capacity.name}'"
+    if capacity.positions == 0:
+        raise ConfigError(
+            where, f"no {capacity.chip_size}-px chip fits: {capacity.describe()}", fix
+        )
+    if capacity.probed and capacity.usable == 0:
+        raise DataError(
+            where, f"every probed chip is nodata or unlabelled: {capacity.describe()}",
+            "check the entry's 'nodata' and the labels' coverage of this area; raise "
+            "data.max_nodata, or change data.seed / data.split so valid data falls in it",
+        )  # fmt: skip
+    if capacity.chips < batch_size:
+        raise ConfigError(
+            where, f"fewer usable chips than one batch of {batch_size}: {capacity.describe()}",
+            fix,
+        )  # fmt: skip
 
 
 def ignore_value_of(

@@ -8,7 +8,6 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 from torchgeo.datasets import GeoDataset
-from torchgeo.samplers import RandomPatchSampler
 
 from geocmid.data.catalog import (
     Catalog,
@@ -18,9 +17,12 @@ from geocmid.data.datasets import (
     imagery_dataset,
 )
 from geocmid.data.sampling import (
+    ChipSampler,
     NodataRejectingDataset,
+    SplitCapacity,
     rank_and_world_size,
     rank_seed,
+    split_capacity,
 )
 from geocmid.data.stats import Normalize, entry_normalizer
 from geocmid.datamodules.base import CatalogDataModule, loader
@@ -103,11 +105,38 @@ class PretrainDataModule(CatalogDataModule):
         assert self.normalize is not None
         return self.normalize.batch(batch)
 
+    def preflight(self) -> SplitCapacity:
+        """Count the chips the entry can yield (tiles or scenes smaller than a chip yield none;
+        chips over ``max_nodata`` nodata are not usable) and refuse, before training, an entry
+        with fewer usable chips than one batch.
+
+        Raises:
+            ConfigError: no chip fits, or fewer usable chips than ``batch_size`` (the numbers).
+            DataError: every probed chip is nodata.
+        """
+        from geocmid.datamodules.geo import check_capacity
+
+        self.setup()
+        assert self.dataset is not None
+        hp = self.hparams
+        capacity = split_capacity(
+            self.dataset, self.dataset.index.geometry.union_all(), hp.chip_size,
+            self.dataset.res, name=f"pretraining ({self.entry.name})", max_nodata=hp.max_nodata,
+            seed=hp.seed, origin=tuple(self.dataset.index.total_bounds[:2]),  # type: ignore[arg-type]
+        )  # fmt: skip
+        check_capacity(
+            capacity, hp.batch_size,
+            "use a smaller data.chip_size (a multiple of the mask block) or data.batch_size, "
+            "or larger scenes / tiles",
+        )  # fmt: skip
+        log.debug("%s", capacity.describe())
+        return capacity
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
         _, world = rank_and_world_size()
-        sampler = RandomPatchSampler(
+        sampler = ChipSampler(
             self.dataset,
             size=hp.chip_size,
             length=max(hp.batch_size, hp.chips_per_epoch // world),

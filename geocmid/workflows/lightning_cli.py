@@ -34,18 +34,31 @@ def monitor_of(model: LightningModule) -> str | None:
     return record.monitor if record else None
 
 
-def best_checkpoint(root: str | Path, monitor: str | None) -> ModelCheckpoint:
+def best_checkpoint(
+    root: str | Path, monitor: str | None, last_every_n_steps: int = 0
+) -> ModelCheckpoint:
     """``checkpoints/best.ckpt`` by ``monitor`` (higher is better unless it is a loss) plus
-    ``checkpoints/last.ckpt``; without a monitor, ``last.ckpt`` only.
+    ``checkpoints/last.ckpt`` after every epoch (and every ``last_every_n_steps`` steps);
+    without a monitor, ``last.ckpt`` only (:class:`~geocmid.tasks.guards.RunCheckpoint`).
 
     The names are stable: users and recipes point ``geocmid predict`` at ``checkpoints/best.ckpt``.
     """
-    mode = "min" if (monitor or "").endswith("loss") else "max"
-    return ModelCheckpoint(
-        dirpath=Path(root) / "checkpoints", monitor=monitor, mode=mode,
-        save_top_k=1 if monitor else 0, save_last=True, filename="best",
-        auto_insert_metric_name=False, enable_version_counter=False,
-    )  # fmt: skip
+    from geocmid.tasks.guards import RunCheckpoint
+
+    return RunCheckpoint(
+        Path(root) / "checkpoints", monitor=monitor, last_every_n_steps=last_every_n_steps
+    )
+
+
+def show_progress() -> bool:
+    """Progress bars only on a terminal, and not with ``--quiet`` (``GEOCMID_CONSOLE``)."""
+    import os
+    import sys
+
+    if os.environ.get("GEOCMID_CONSOLE") == "quiet":
+        return False
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 class GeocmidCLI(LightningCLI):
@@ -60,7 +73,12 @@ class GeocmidCLI(LightningCLI):
     * when ``trainer.logger`` is unset or ``true``: a CSV logger (``metrics.csv``) and a
       TensorBoard logger writing straight into ``trainer.default_root_dir``;
     * when ``trainer.callbacks`` has no ``ModelCheckpoint``: one keeping
-      ``checkpoints/best.ckpt`` by the task registry's monitor plus ``checkpoints/last.ckpt``;
+      ``checkpoints/best.ckpt`` by the task registry's monitor plus ``checkpoints/last.ckpt``
+      after every epoch (:class:`~geocmid.tasks.guards.RunCheckpoint`; a config listing one
+      with ``dirpath: null`` gets the run folder's);
+    * a :class:`~geocmid.tasks.guards.TrainingGuard`: an epoch without optimizer steps, a
+      non-finite loss or a validation epoch without valid target fails the run;
+    * progress bars only on a terminal (:func:`show_progress`);
     * a :class:`geocmid.tasks.reports.ReportCallback` (confusion matrices, sample panels) for
       fine-tuning tasks, unless the config lists one;
     * the config is not saved by a callback (``save_config_callback=None``): the workflow writes
@@ -135,6 +153,8 @@ class GeocmidCLI(LightningCLI):
                 CSVLogger(root, name="", version=""),
                 TensorBoardLogger(root, name="", version=""),
             ]
+        if not show_progress():
+            kwargs["enable_progress_bar"] = False
         if self.default_callbacks and "callbacks" not in kwargs:
             callbacks = config.get("callbacks") or []
             callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
@@ -145,10 +165,20 @@ class GeocmidCLI(LightningCLI):
     def extra_callbacks(self, present: list[Callback], root: Path) -> list[Callback]:
         """Callbacks added to those of the config: a best/last checkpoint unless one is
         configured, and the fine-tuning reports for tasks that have them."""
+        from geocmid.tasks.guards import RunCheckpoint, TrainingGuard
+
         extra: list[Callback] = []
+        monitor = monitor_of(self.model) if self.monitor == "auto" else self.monitor
+        for i, callback in enumerate(present):  # a listed RunCheckpoint: the run's folder
+            if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
+                wanted = callback.requested_monitor
+                present[i] = best_checkpoint(
+                    root, monitor if wanted == "auto" else wanted, callback.last_every_n_steps
+                )
         if not any(isinstance(c, ModelCheckpoint) for c in present):
-            monitor = monitor_of(self.model) if self.monitor == "auto" else self.monitor
             extra.append(best_checkpoint(root, monitor))
+        if not any(isinstance(c, TrainingGuard) for c in present):
+            extra.append(TrainingGuard())
         from geocmid.tasks.reports import ReportCallback
 
         wants_reports = callable(getattr(self.model, "report_samples", None))
@@ -157,4 +187,4 @@ class GeocmidCLI(LightningCLI):
         return extra
 
 
-__all__ = ["TRAINER_DEFAULTS", "GeocmidCLI", "best_checkpoint", "monitor_of"]
+__all__ = ["TRAINER_DEFAULTS", "GeocmidCLI", "best_checkpoint", "monitor_of", "show_progress"]

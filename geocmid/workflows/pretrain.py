@@ -83,6 +83,8 @@ KNOWN_CALLBACKS = {
     "HealthMonitor": "geocmid.cmid.callbacks.HealthMonitor",
     "QuickLook": "geocmid.cmid.callbacks.QuickLook",
     "RankStateDump": "geocmid.cmid.callbacks.RankStateDump",
+    # last.ckpt every N steps too: trainer.callbacks.RunCheckpoint.last_every_n_steps=500
+    "RunCheckpoint": "geocmid.tasks.guards.RunCheckpoint",
 }
 #: Command-line shortcuts (``geocmid pretrain --entry X``, recipe step keys) → config keys.
 SHORTCUTS = {
@@ -667,7 +669,6 @@ def pretrain(
             names the setting or file); nothing was trained.
         GeocmidError: training took no optimizer step or ended with a non-finite loss.
     """
-    import torch
 
     raw, where = assemble(config, overrides, catalog)
     check_task_args(raw, where)
@@ -719,6 +720,14 @@ def pretrain(
         return result
 
     result.resumed = last.is_file()
+    from geocmid.tasks.guards import status_of_error, write_status
+    from geocmid.workflows.training import _message, _run_trainer, check_checkpoint
+
+    if result.resumed:
+        check_checkpoint(last)
+    preflight = getattr(datamodule, "preflight", None)
+    if callable(preflight):  # a scene or tiles too small for a chip: refused before training
+        preflight()
     if _is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         header = (
@@ -728,12 +737,35 @@ def pretrain(
             "# takes them from the datamodule (the checkpoint's hyper_parameters have them).\n"
         )
         _write_yaml(run_dir / "config.yaml", header + yaml.safe_dump(resolved, sort_keys=False))
-        log.info("%s run in %s", "resuming" if result.resumed else "starting", run_dir)
-    # Lightning has its own console handler; without this every line shows twice
-    logging.getLogger("lightning.pytorch").propagate = False
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if result.resumed else None)
+        if result.resumed:
+            log.info("resuming from %s (rerun of the same run; raise trainer.max_epochs to "
+                     "train longer, or use another --run-dir to start afresh)", last)  # fmt: skip
+        else:
+            log.info("starting run in %s", run_dir)
+        write_status(run_dir, "running", stage="pretrain", resumed_from=str(last) if
+                     result.resumed else None)  # fmt: skip
+    try:
+        _run_trainer(trainer, trainer.fit, task, datamodule,
+                     str(last) if result.resumed else None, where)  # fmt: skip
+        _check_pretrained(trainer, run_dir)
+    except BaseException as error:
+        if _is_rank_zero():
+            write_status(run_dir, status_of_error(error), _message(error), stage="pretrain",
+                         epoch=int(trainer.current_epoch),
+                         global_step=int(trainer.global_step))  # fmt: skip
+        raise
+    if _is_rank_zero():
+        write_status(run_dir, "done", stage="pretrain", epoch=int(trainer.current_epoch),
+                     global_step=int(trainer.global_step))  # fmt: skip
     result.epochs, result.global_step = int(trainer.current_epoch), int(trainer.global_step)
     result.data_args = {k: task.hparams[k] for k in data_args}
+    return result
+
+
+def _check_pretrained(trainer: Any, run_dir: Path) -> None:
+    """A run that took no optimizer step or whose loss is not finite is a failure."""
+    import torch
+
     if trainer.global_step == 0:
         raise GeocmidError(
             f"run '{run_dir}'", "training took no optimizer step: nothing was learned",
@@ -746,7 +778,6 @@ def pretrain(
             f"run '{run_dir}'", f"the training loss is {float(loss)} (not finite)",
             "lower model.base_lr, use trainer.precision=32-true, or check the data statistics",
         )  # fmt: skip
-    return result
 
 
 __all__ = [

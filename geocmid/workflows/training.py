@@ -194,21 +194,46 @@ def fit(
     raw, where, ckpt_path = prepare_config(
         config, stage=stage, overrides=overrides, catalog=catalog, ckpt=ckpt, weights=weights
     )
+    from geocmid.tasks.guards import status_of_error, write_status
+
+    if ckpt_path:
+        check_checkpoint(ckpt_path)
     cli = build_cli(raw, where)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     root = Path(trainer.default_root_dir)
     root.mkdir(parents=True, exist_ok=True)
+    if stage == "fit" and not ckpt_path:
+        last = root / "checkpoints" / "last.ckpt"
+        if last.is_file():  # rerunning the same command continues an interrupted run
+            check_checkpoint(last)
+            ckpt_path = str(last)
+            log.info(
+                "resuming from %s (same command: same run; --out NEW_FOLDER starts afresh)", last
+            )
+    preflight = getattr(datamodule, "preflight", None)
+    if callable(preflight):  # splits too small or all nodata: refused before training
+        preflight()
     for logger in trainer.loggers:  # start the log writers first: they expect an empty folder
         _ = logger.experiment
     resolved = resolved_config(cli)
     _write_yaml(root / "config.yaml", resolved)
     if stage == "fit":
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        _check_learned(trainer, where)
+        write_status(root, "running", stage=stage, resumed_from=ckpt_path)
+        try:
+            _run_trainer(trainer, trainer.fit, model, datamodule, ckpt_path, where)
+            _check_learned(trainer, where)
+        except BaseException as error:
+            write_status(root, status_of_error(error), _message(error), stage=stage,
+                         epoch=int(trainer.current_epoch), global_step=int(trainer.global_step))
+            raise
+        write_status(root, "done", stage=stage, epoch=int(trainer.current_epoch),
+                     global_step=int(trainer.global_step))  # fmt: skip
         metrics = _floats(trainer.callback_metrics)
     else:
         runner = trainer.validate if stage == "validate" else trainer.test
-        results = runner(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        results = _run_trainer(
+            trainer, runner, model, datamodule, ckpt_path, where, weights_only=True
+        )
         metrics = _floats(results[0] if results else {})
     resolved = resolved_config(cli, model)  # now with what the task read from the data
     _write_yaml(root / "config.yaml", resolved)
@@ -228,6 +253,71 @@ def fit(
         stage=stage,
         config=resolved,
     )
+
+
+def _run_trainer(
+    trainer: Any, method: Any, model: Any, datamodule: Any, ckpt_path: str | None, where: str,
+    **kwargs: Any,
+) -> Any:
+    """``trainer.fit / validate / test``; Ctrl-C / SIGTERM (Lightning turns them into
+    ``sys.exit(1)``) come out as :class:`KeyboardInterrupt`, a checkpoint that does not fit
+    the model as a :class:`ModelError`."""
+    try:
+        return method(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+    except SystemExit as error:
+        if getattr(trainer, "interrupted", False):
+            raise KeyboardInterrupt("training interrupted") from None
+        raise error
+    except RuntimeError as error:
+        text = str(error)
+        if ckpt_path and ("state_dict" in text or "size mismatch" in text):
+            raise ModelError(
+                f"checkpoint '{ckpt_path}'",
+                "does not fit this model: " + text.strip().splitlines()[0][:300],
+                "resume with the config it was trained with, or start afresh in another "
+                "folder (--out / trainer.default_root_dir)",
+            ) from None
+        raise
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse, with one line, a checkpoint ``torch.load(weights_only=True)`` cannot read
+    (foreign pickles, truncated files) before training starts.
+
+    Raises:
+        ModelError: naming the file, why, and the fix.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelError(
+            f"checkpoint '{path}'",
+            "holds Python objects that torch.load(weights_only=True) refuses to unpickle "
+            f"(not a plain Lightning/geocmid checkpoint: {first[:160]})",
+            "use a checkpoint geocmid or Lightning wrote (RUN_DIR/checkpoints/*.ckpt); if you "
+            "trust the file, load it in Python and save its state_dict with torch.save",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise ModelError(
+            f"checkpoint '{path}'", f"cannot be read ({str(error).strip()[:200]})",
+            "the file is truncated or not a checkpoint: use another one (a killed run keeps "
+            "its previous last.ckpt)",
+        ) from None  # fmt: skip
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, GeocmidError):
+        return error.format()
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C or SIGTERM): rerun the same command to resume"
+    return f"{type(error).__name__}: {error}"
 
 
 # ------------------------------------------------------------------------------------------------
