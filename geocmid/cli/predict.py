@@ -118,8 +118,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--background",
-        default="0",
-        help="class value not turned into polygons ('none': vectorise every class)",
+        default="auto",
+        help="class value not turned into polygons ('auto': the model card's background or "
+        "no-change class; 'none': vectorise every class)",
     )
     parser.add_argument("--probabilities", action="store_true", help="write the probability COG")
     parser.add_argument("--no-vectors", action="store_true", help="skip polygons")
@@ -184,7 +185,7 @@ def handler(args: argparse.Namespace) -> int:
         grid=args.grid,
         resampling=args.resampling,
         pair_input=args.pair_input,
-        background=None if args.background.lower() == "none" else int(args.background),
+        background=args.background,
         probabilities=args.probabilities,
         vectors=not args.no_vectors,
         geojson=args.geojson,

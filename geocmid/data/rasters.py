@@ -35,6 +35,38 @@ def open_raster(path: str | Path) -> DatasetReader:
         ) from None
 
 
+def georeferencing_kind(src: DatasetReader) -> str:
+    """How an open raster is placed on the ground.
+
+    ``"transform"``: a geotransform (north-up, rotated or south-up as the file says);
+    ``"gcps"`` / ``"rpcs"``: ground control points or rational polynomial coefficients only (no
+    geotransform: the pixels must be warped to be on any grid); ``"none"``: nothing at all
+    (a plain PNG/JPEG without a world file), which GDAL reports as the identity transform.
+    """
+    if not src.transform.is_identity:
+        return "transform"
+    if src.gcps[0]:
+        return "gcps"
+    if src.rpcs is not None:
+        return "rpcs"
+    return "none"
+
+
+def refuse_unwarped(path: str | Path, kind: str, crs: CRS | None = None) -> DataError:
+    """The error for a raster georeferenced by GCPs or RPCs only (one rule for every command:
+    geocmid reads rasters on a grid, and warping through GCPs/RPCs is GDAL's job)."""
+    what = "ground control points" if kind == "gcps" else "RPC coefficients"
+    target = f" -t_srs {crs_label(crs)}" if crs is not None else " -t_srs EPSG:XXXX"
+    flag = " -rpc" if kind == "rpcs" else ""
+    stem = Path(path).with_suffix("").name
+    return DataError(
+        str(path),
+        f"is georeferenced by {what} only (no geotransform), so its pixels lie on no grid",
+        f"warp it onto a north-up grid first, e.g. gdalwarp{flag}{target} -r bilinear "
+        f"{path} {stem}_warped.tif, and use the warped file",
+    )
+
+
 @dataclass(frozen=True)
 class RasterInfo:
     """What `catalog show` and the validators need to know about one raster file."""
@@ -49,12 +81,14 @@ class RasterInfo:
     bounds: tuple[float, float, float, float]
     nodata: float | None
     georeferenced: bool
+    georeferencing: str = "transform"
 
 
 def raster_info(path: str | Path) -> RasterInfo:
     """Read the header of one raster (no pixel data)."""
     with open_raster(path) as src:
-        georeferenced = src.crs is not None and not src.transform.is_identity
+        kind = georeferencing_kind(src)
+        georeferenced = src.crs is not None and kind == "transform"
         return RasterInfo(
             path=Path(path),
             width=src.width,
@@ -66,31 +100,35 @@ def raster_info(path: str | Path) -> RasterInfo:
             bounds=tuple(src.bounds),
             nodata=src.nodata,
             georeferenced=georeferenced,
+            georeferencing=kind,
         )
 
 
 def valid_pixels(array: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``[..., H, W]`` bool: True where at least one band of ``array [..., C, H, W]`` holds data.
+    """``[..., H, W]`` bool: True where the pixel of ``array [..., C, H, W]`` holds data.
 
-    A pixel is nodata when every band equals ``nodata`` (GDAL's per-dataset mask) or is NaN.
+    A pixel is nodata when every band equals ``nodata`` (GDAL's per-dataset mask), or when any
+    band is not finite (NaN, +inf, -inf): a model cannot take such a pixel, whatever the file
+    declares.
     """
     floating = array.dtype.kind == "f"
     if nodata is None or math.isnan(nodata):
-        invalid = np.isnan(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
+        invalid = np.zeros(array.shape[:-3] + array.shape[-2:], bool)
     else:
         # Test one band first: most chips hold no nodata, so the other bands are rarely read.
         invalid = array[..., 0, :, :] == nodata
         if invalid.any() and array.shape[-3] > 1:
             invalid &= (array[..., 1:, :, :] == nodata).all(axis=-3)
-        if floating:
-            invalid |= np.isnan(array).all(axis=-3)
+    if floating:
+        invalid |= ~np.isfinite(array).all(axis=-3)
     return ~invalid
 
 
 def valid_pixels_per_band(array: np.ndarray, nodata: Sequence[float | None]) -> np.ndarray:
-    """``[..., H, W]`` bool: True where no band equals its own nodata value (one file per band)."""
+    """``[..., H, W]`` bool: True where no band equals its own nodata value (one file per band)
+    and every band is finite."""
     floating = array.dtype.kind == "f"
-    invalid = np.isnan(array).any(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
+    invalid = ~np.isfinite(array).all(axis=-3) if floating else np.zeros(array.shape[-2:], bool)
     for band, value in enumerate(nodata):
         if value is not None and not math.isnan(value):
             invalid |= array[..., band, :, :] == value

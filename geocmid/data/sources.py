@@ -49,12 +49,18 @@ import rasterio.errors
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.transform import array_bounds, from_gcps
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from geocmid.data.rasters import open_raster, parse_crs, valid_pixels
+from geocmid.data.rasters import (
+    georeferencing_kind,
+    open_raster,
+    parse_crs,
+    refuse_unwarped,
+    valid_pixels,
+)
 from geocmid.errors import DataError
 
 #: Tolerance, in pixels, for "on the pixel lattice" and for rounding grid extents.
@@ -341,18 +347,40 @@ def _open(path: str) -> Any:
         return open_raster(path)
 
 
-def _georeferencing(
+#: The grid of a raster with no georeferencing at all (a plain PNG/JPEG without a world file):
+#: its pixel grid, north-up, pixel (0, 0) at the origin and one unit per pixel, the way QGIS
+#: shows such an image. GDAL reports these files with the identity transform, which is
+#: *south-up*; read that way, rows would be flipped against a label borrowing the grid.
+PIXEL_GRID_TRANSFORM = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
+def file_georeferencing(
     src: Any, assign_crs: CRS | None, reference_grid: tuple[CRS, Affine] | None
 ) -> tuple[CRS | None, Affine]:
-    """The CRS and transform a file is read with (reference grid, then ``assign_crs``)."""
+    """The CRS and transform a file is read with.
+
+    A borrowed reference grid (``align_with``) first, else the file's geotransform, else, for a
+    file with no georeferencing at all, :data:`PIXEL_GRID_TRANSFORM`; then ``assign_crs``.
+
+    Raises:
+        DataError: the file is georeferenced by GCPs or RPCs only (it must be warped first;
+            :func:`geocmid.data.rasters.refuse_unwarped`).
+    """
     crs, transform = src.crs, src.transform
     if reference_grid is not None:
         crs, transform = reference_grid
-    elif transform.is_identity and src.gcps[0] and src.gcps[1] is not None:
-        crs, transform = src.gcps[1], from_gcps(src.gcps[0])  # as TorchGeo reads GCP files
+    else:
+        kind = georeferencing_kind(src)
+        if kind in ("gcps", "rpcs"):
+            raise refuse_unwarped(src.name, kind, src.gcps[1] if kind == "gcps" else None)
+        if kind == "none":
+            transform = PIXEL_GRID_TRANSFORM
     if assign_crs is not None:
         crs = assign_crs
     return crs, transform
+
+
+_georeferencing = file_georeferencing
 
 
 @dataclass(frozen=True)
@@ -365,13 +393,38 @@ class _Header:
     count: int
     nodata: float | None
     dtype: str
+    pixel_grid: bool = False  # no georeferencing: placed on PIXEL_GRID_TRANSFORM
 
 
 def _header(path: str, assign_crs: CRS | None, reference_grid: Any) -> _Header:
     with _open(path) as src:
         crs, transform = _georeferencing(src, assign_crs, reference_grid)
         dtype = np.result_type(*src.dtypes).name
-        return _Header(path, crs, transform, src.width, src.height, src.count, src.nodata, dtype)
+        pixel_grid = reference_grid is None and georeferencing_kind(src) == "none"
+        return _Header(
+            path, crs, transform, src.width, src.height, src.count, src.nodata, dtype, pixel_grid
+        )
+
+
+def refuse_stacked_pixel_grids(paths: Sequence[str], name: str) -> None:
+    """Several files without georeferencing cannot form one mosaic: each would be read on its
+    own pixel grid, all at the same place, stacked on top of each other.
+
+    Raises:
+        DataError: more than one of ``paths`` (files without georeferencing) is given.
+    """
+    if len(paths) < 2:
+        return
+    shown = ", ".join(Path(p).name for p in list(paths)[:3]) + (", ..." if len(paths) > 3 else "")
+    raise DataError(
+        name or str(paths[0]),
+        f"{len(paths)} of its files have no georeferencing ({shown}): each would be read on "
+        "its own pixel grid at the same place, so they would be stacked on top of each other, "
+        "not laid side by side",
+        "georeference each file (a world file such as .pgw/.jgw/.tfw beside it, or "
+        "gdal_translate -a_srs EPSG:XXXX -a_ullr ...), or describe a folder of tiles as a chip "
+        "dataset entry, where each tile is one sample",
+    )
 
 
 def _native_grid(header: _Header, crs: CRS | None) -> Grid:
@@ -475,6 +528,7 @@ def build_source(
         p: _header(p, assign_crs, reference_grid)
         for p in dict.fromkeys(p for layer in layers for p, _ in layer)
     }
+    refuse_stacked_pixel_grids([k for k in keys if headers[k].pixel_grid], name)
     first = layers[0]
     if grid is None:
         grid = _entry_grid(layers, headers, crs, res, band_regex is not None)
@@ -549,7 +603,8 @@ def file_source(path: str | os.PathLike[str]) -> RasterSource:
     """One raster file on its own grid, every band in file order (prediction from paths)."""
     path = str(path)
     with _open(path) as src:
-        grid = Grid(src.crs, src.transform, src.width, src.height)
+        crs, transform = file_georeferencing(src, None, None)
+        grid = Grid(crs, transform, src.width, src.height)
         return RasterSource(
             name=Path(path).stem,
             grid=grid,

@@ -42,7 +42,9 @@ class PredictRequest:
         grid: change only: the grid both dates are read on (``first``, ``second``,
             ``intersection``); ``resampling`` the warping method.
         pair_input: change model takes two tensors ``(a, b)`` instead of ``[B, 2, C, H, W]``.
-        background: class value left out of the vectors (None: vectorise every class).
+        background: class value left out of the vectors: ``"auto"`` (default) takes the
+            background / no-change class from the model card
+            (:func:`geocmid.inference.card.background_value`); ``None`` vectorises every class.
         probabilities, vectors, geojson: which outputs to write besides the class raster.
         simplify: polygon simplification tolerance in pixels; ``min_area`` drops polygons
             smaller than this many m² (geodesic areas).
@@ -74,7 +76,7 @@ class PredictRequest:
     grid: str = "first"
     resampling: str = "bilinear"
     pair_input: bool = False
-    background: int | None = 0
+    background: int | str | None = "auto"
     probabilities: bool = False
     vectors: bool = True
     geojson: bool = False
@@ -155,8 +157,12 @@ def predict(request: PredictRequest) -> PredictResult:
         request.task,
         device=request.device,
         change_input="pair" if request.pair_input else "stacked",
-        background=request.background,
+        background=None,
     )
+    predictor.background = _background(request.background, predictor)
+    for group in inputs:
+        for scene in group:
+            _warn_if_not_georeferenced(scene)
     r = request
     settings = RunSettings(r.window, r.overlap, r.block_size, r.batch_size, r.tta)
     options = OutputOptions(
@@ -197,6 +203,50 @@ def predict(request: PredictRequest) -> PredictResult:
             names = " ".join(getattr(s, "name", None) or str(s) for s in scenes)
             log.info("%s: part done; run again without --part to assemble", names)
     return result
+
+
+def _background(value: int | str | None, predictor: Any) -> int | None:
+    """The class left out of the vectors: ``"auto"`` reads it from the model card."""
+    from geocmid.inference.card import background_value
+
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    if isinstance(value, str) and value.lower() == "auto":
+        found = background_value(predictor.card, predictor.task)
+        if found is not None:
+            names = {c.value: c.name for c in predictor.card.classes}
+            log.info("vectors leave out class %s (%s), the model card's background", found,
+                     names.get(found, "?"))  # fmt: skip
+        return found
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "--background", f"{value!r} is not a class value", "give a value, 'auto' or 'none'"
+        ) from None
+    values = [c.value for c in predictor.card.classes]
+    if number not in values:
+        raise ConfigError(
+            "--background",
+            f"{number} is not one of the model's class values {values}",
+            "give one of them, 'auto' (the model card's background) or 'none'",
+        )
+    return number
+
+
+def _warn_if_not_georeferenced(scene: Any) -> None:
+    """One warning per scene without georeferencing: its outputs are on its pixel grid."""
+    from geocmid.data.sources import PIXEL_GRID_TRANSFORM, RasterSource, file_source
+
+    source = scene if isinstance(scene, RasterSource) else file_source(scene)
+    if source.grid.crs is None:
+        placed = source.grid.transform == PIXEL_GRID_TRANSFORM
+        log.warning(
+            "%s has no %s: its outputs are written on its pixel grid without a CRS and their "
+            "areas are NULL; georeference it (a world file, or gdal_translate -a_srs -a_ullr) "
+            "for maps that overlay other data",
+            source.name, "georeferencing" if placed else "CRS",
+        )  # fmt: skip
 
 
 def _inputs(request: PredictRequest) -> list[list[Any]]:

@@ -26,8 +26,13 @@ from geocmid.data.catalog.schema import (
     VectorLabelsEntry,
 )
 from geocmid.data.catalog.store import Catalog
-from geocmid.data.rasters import RasterInfo, parse_crs, raster_info
-from geocmid.data.sources import Grid, file_date, imagery_source
+from geocmid.data.rasters import RasterInfo, parse_crs, raster_info, refuse_unwarped
+from geocmid.data.sources import (
+    Grid,
+    file_date,
+    imagery_source,
+    refuse_stacked_pixel_grids,
+)
 from geocmid.errors import ConfigError, DataError, did_you_mean
 
 
@@ -53,19 +58,44 @@ def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
                 + ("" if entry.band_files else f" ({declared})"),
                 "list one name per band of the file in 'bands', in file order",
             )
-        if not info.georeferenced and entry.assign_crs is None:
-            raise DataError(
-                str(info.path),
-                "has no CRS or georeferencing",
-                "set 'assign_crs' if only the CRS is missing, or georeference the file",
-            )
+        check_georeferencing(info, entry.assign_crs)
+    keys = entry.band_file_groups()[0] if entry.band_files else entry.files()
+    key_infos = {str(i.path): i for i in infos}
+    refuse_stacked_pixel_grids(
+        [str(k) for k in keys if key_infos[str(k)].georeferencing == "none"], entry.where
+    )
     parse_crs(entry.crs, f"{entry.where}, key 'crs'")
     parse_crs(entry.assign_crs, f"{entry.where}, key 'assign_crs'")
     if entry.date_pattern:
-        keys = entry.band_file_groups()[0] if entry.band_files else entry.files()
         for path in keys:  # names the first file whose name holds no readable date
             file_date(str(path), entry.date_pattern, entry.date_format)
     return infos
+
+
+def check_georeferencing(info: RasterInfo, assign_crs: str | None) -> None:
+    """One rule for every command: a file must be on a grid (a geotransform, or no
+    georeferencing at all read on its pixel grid with ``assign_crs``), never GCPs/RPCs only.
+
+    Raises:
+        DataError: GCP/RPC-only files (warp them first), or no CRS and no ``assign_crs``.
+    """
+    if info.georeferencing in ("gcps", "rpcs"):
+        raise refuse_unwarped(info.path, info.georeferencing, info.crs)
+    if info.georeferenced or assign_crs is not None:
+        return
+    if info.georeferencing == "none":
+        raise DataError(
+            str(info.path),
+            "has no georeferencing (no CRS, no geotransform, no world file)",
+            "georeference it (a world file beside it, e.g. .pgw/.jgw/.tfw, plus 'assign_crs'), "
+            "or set 'assign_crs' to read it on its pixel grid (north-up, one CRS unit per "
+            "pixel, top-left corner at 0, 0)",
+        )
+    raise DataError(
+        str(info.path),
+        "has a geotransform but no CRS",
+        "set 'assign_crs' in its catalog entry to the CRS its coordinates are in",
+    )
 
 
 def entry_grid(entry: ImageryEntry) -> Grid:
@@ -121,6 +151,8 @@ def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) ->
         check_aligned(infos, reference)
     else:
         for info in infos:
+            if info.georeferencing in ("gcps", "rpcs"):
+                raise refuse_unwarped(info.path, info.georeferencing, info.crs)
             if not info.georeferenced and entry.assign_crs is None:
                 raise DataError(
                     str(info.path),
@@ -163,9 +195,12 @@ def footprint_in(
     """The bounding box of ``info`` expressed in ``crs`` (the file read as ``assign_crs`` if
     given, as its entry's ``assign_crs`` makes every reader do)."""
     src_crs = assign_crs or info.crs
+    bounds = info.bounds
+    if info.georeferencing == "none":  # read on its north-up pixel grid (sources.PIXEL_GRID)
+        bounds = (0.0, -float(info.height), float(info.width), 0.0)
     if src_crs == crs:
-        return shapely.box(*info.bounds)
-    return shapely.box(*transform_bounds(src_crs, crs, *info.bounds, densify_pts=21))
+        return shapely.box(*bounds)
+    return shapely.box(*transform_bounds(src_crs, crs, *bounds, densify_pts=21))
 
 
 def validate_bitemporal(entry: BitemporalEntry, catalog: Catalog) -> list[RasterInfo]:

@@ -42,7 +42,9 @@ from geocmid.data.sources import (
     band_path,
     band_regex_from_pattern,
     build_source,
+    file_georeferencing,
 )
+from geocmid.errors import DataError
 
 Sample = dict[str, Any]
 #: Image types that ``native_dtype`` keeps as they are (torch collates them; floats are cast).
@@ -161,16 +163,27 @@ class CatalogRasterDataset(RasterDataset):
         return found
 
     def _load_warp_file(self, filepath: Path, crs: Any = None) -> DatasetReader | WarpedVRT:
-        if self.assign_crs is None and self.reference_grid is None:
-            return super()._load_warp_file(filepath, crs)
+        """The file warped to the dataset's CRS, placed as every reader places it
+        (:func:`geocmid.data.sources.file_georeferencing`: ``align_with`` grid, geotransform,
+        the north-up pixel grid of a file without georeferencing, ``assign_crs``)."""
         src = rasterio.open(filepath)
-        src_crs, src_transform = src.crs, src.transform
-        if self.reference_grid is not None:
-            src_crs, src_transform = self.reference_grid
-        if self.assign_crs is not None:
-            src_crs = self.assign_crs
+        try:
+            src_crs, src_transform = file_georeferencing(
+                src, self.assign_crs, self.reference_grid
+            )
+        except Exception:
+            src.close()
+            raise
+        if src_crs is None:
+            src.close()
+            raise DataError(
+                str(filepath), "has no CRS", "set 'assign_crs' in its catalog entry"
+            )
+        own = src_crs == src.crs and src_transform == src.transform
         has_index = hasattr(self, "index")
         dst_crs = RIO_CRS.from_user_input(crs or self.crs) if crs or has_index else src_crs
+        if own and dst_crs == src_crs:
+            return src
         dst_transform, width, height, _ = self._compute_affine_warp_grid(
             src_crs, src_transform, src.width, src.height, dst_crs
         )
