@@ -5,7 +5,9 @@ Every datamodule subclasses :class:`torchgeo.datamodules.BaseDataModule` (throug
 """
 
 from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.chip_pretrain import ChipPretrainDataModule
 from geocmid.datamodules.chips import FeatureChipDataModule
+from geocmid.datamodules.chipsets import ChipChangeDataModule, ChipSegmentationDataModule
 from geocmid.datamodules.detection import DetectionDataModule
 from geocmid.datamodules.folder import ImageFolderDataModule
 from geocmid.datamodules.geo import SupervisedGeoDataModule
@@ -14,6 +16,9 @@ from geocmid.datamodules.segmentation import SegmentationDataModule
 
 __all__ = [
     "CatalogDataModule",
+    "ChipChangeDataModule",
+    "ChipPretrainDataModule",
+    "ChipSegmentationDataModule",
     "DetectionDataModule",
     "FeatureChipDataModule",
     "ImageFolderDataModule",

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
@@ -19,6 +18,7 @@ from geocmid.data.catalog import (
 )
 from geocmid.data.catalog.schema import DEFAULT_COLORS
 from geocmid.data.chips import random_flips
+from geocmid.data.chipsets import band_names, image_folder_records, split_indices
 from geocmid.data.datasets import image_folder_dataset
 from geocmid.data.stats import Normalize
 from geocmid.datamodules.base import CatalogDataModule, stats_from_card
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 class ImageFolderDataModule(CatalogDataModule):
     """Scene classification from a folder-per-class tree (an ``image_folder`` catalog entry).
 
-    The split is stratified by class and seeded; statistics default to per-band mean / std over
+    The entry's split folders / files are used as the benchmark defines them (NWPU-RESISC45's
+    ``train``/``test``); splits it lacks are drawn from ``train``, stratified by class and
+    seeded (``split`` gives the shares); statistics default to per-band mean / std over
     the training images (or pass ``mean``/``std``, e.g. the encoder's card). Images of another
     size than ``chip_size`` are resized (bilinear).
 
@@ -79,19 +81,14 @@ class ImageFolderDataModule(CatalogDataModule):
                 "scene classification needs at least 2",
                 "add one sub-folder of images per class",
             )
-        labels = np.array([label for _, label in dataset.samples])
-        rng = np.random.default_rng(hp.seed)
-        self.splits = [[], [], []]
-        for k in range(len(dataset.classes)):
-            ids = rng.permutation(np.flatnonzero(labels == k)).tolist()
-            n_val = max(1, round(hp.split[1] * len(ids))) if len(ids) >= 3 else 0
-            n_test = max(1, round(hp.split[2] * len(ids))) if len(ids) >= 3 else 0
-            self.splits[1] += ids[:n_val]
-            self.splits[2] += ids[n_val : n_val + n_test]
-            self.splits[0] += ids[n_val + n_test :]
+        # split folders / files of the entry are kept; missing val / test are drawn from
+        # train (stratified by class, seeded) with the `split` shares
+        recs = image_folder_records(entry)
+        index = split_indices(recs, hp.split, hp.seed)
+        self.splits = [index["train"], index["val"], index["test"]]
         card = None
         if (hp.mean is None or hp.std is None) and hp.stats_from:
-            bands = _band_names(len(dataset[0]["image"]))
+            bands = band_names(entry, len(dataset[0]["image"]))
             card = stats_from_card(hp.stats_from, bands, entry.where)
         if hp.mean is not None and hp.std is not None:
             self.stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
@@ -111,13 +108,14 @@ class ImageFolderDataModule(CatalogDataModule):
             var = (square - count * mean**2) / max(count - 1, 1)
             self.stats = (mean.tolist(), var.clamp(min=0).sqrt().clamp(min=1e-6).tolist())
         self.band_count = len(self.stats[0])
+        self.band_list = band_names(entry, self.band_count)
         self.dataset = dataset
         self._normalize = Normalize(*self.stats)
 
     @property
     def bands(self) -> list[str]:
         self.setup()
-        return _band_names(self.band_count)
+        return self.band_list
 
     @property
     def classes(self) -> list[ClassInfo]:
@@ -166,10 +164,6 @@ class ImageFolderDataModule(CatalogDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(2)
-
-
-def _band_names(n: int) -> list[str]:
-    return ["red", "green", "blue"] if n == 3 else [f"b{i + 1}" for i in range(n)]
 
 
 class _Transformed(torch.utils.data.Dataset):

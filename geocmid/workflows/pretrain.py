@@ -409,6 +409,12 @@ def assemble(
     raw["data"]["init_args"] = data_args
     if data_args.get("catalog") is None and catalog is not None:
         data_args["catalog"] = str(catalog)
+    if raw["data"].get("class_path") == DATA_CLASS and data_args.get("entry"):
+        # chip datasets and torchgeo_dataset entries: their own datamodule (issue #10)
+        from geocmid.datamodules.chip_pretrain import pretrain_datamodule_for
+
+        chosen = pretrain_datamodule_for(str(data_args["entry"]), data_args.get("catalog"))
+        raw["data"]["class_path"] = chosen or DATA_CLASS
     check_class_paths(raw, where)
     _check_task_class(raw, where)
     check_init_args(raw, where)

@@ -280,26 +280,211 @@ class BitemporalEntry(Entry):
         return [n for n in (self.before, self.after, self.change_labels) if n]
 
 
-@dataclass
-class ImageFolderEntry(Entry):
-    """A folder-per-class tree of plain images (UC Merced style) for scene classification."""
+#: Split names a chip dataset's ``splits`` key may define (the benchmarks' own).
+SPLITS = ("train", "val", "test")
 
-    kind: ClassVar[str] = "image_folder"
+
+@dataclass
+class ChipEntry(Entry):
+    """Base of chip datasets: folders of plain tiles without georeferencing, read on their
+    pixel grid (never as a geographic footprint). Subclasses add their label layout.
+
+    ``splits`` maps ``train`` / ``val`` / ``test`` to what belongs to it: sub-folders or globs
+    relative to ``root`` (split folders, as LEVIR-CD and NWPU-RESISC ship them), or a ``.txt``
+    file listing file names or stems, one a line (split files). Without ``splits`` the
+    datamodule splits the files at random (seeded).
+    """
+
     KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
         **Entry.KEYS,
-        "root": (True, "folder holding one sub-folder per class"),
-        "extensions": (False, "image file endings to read (default: common image types)"),
-        "classes": (False, "class names in label order (default: sorted sub-folder names)"),
+        "root": (True, "folder holding the dataset (paths are relative to it)"),
+        "extensions": (
+            False,
+            "image file endings to read (default: .png .jpg .jpeg .tif .tiff .bmp)",
+        ),
+        "splits": (
+            False,
+            "train/val/test: sub-folders, globs or .txt file lists (default: random split)",
+        ),
+        "bands": (False, "band names in file order (default: red, green, blue for 3 bands)"),
     }
 
     root: str = ""
     extensions: list[str] = field(default_factory=lambda: list(IMAGE_SUFFIXES))
-    classes: list[str] = field(default_factory=list)
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    bands: list[str] = field(default_factory=list)
 
     @property
     def root_path(self) -> Path:
         root = Path(self.root).expanduser()
         return root if root.is_absolute() else self.base_dir / root
+
+    def parse_values(self, values: Mapping[str, Any]) -> None:
+        """Read this kind's keys from the YAML mapping (``kind``/``name``/... removed)."""
+        self.root = str(values["root"])
+        if "extensions" in values:
+            exts = [str(e).lower() for e in _as_list(values["extensions"])]
+            self.extensions = [e if e.startswith(".") else "." + e for e in exts]
+        raw = values.get("splits") or {}
+        if not isinstance(raw, Mapping):
+            raise self.error(
+                "splits", "expected a mapping such as {train: train, test: test}",
+                "map each split name to sub-folders, globs or a .txt file list",
+            )  # fmt: skip
+        for key in raw:
+            if key not in SPLITS:
+                raise self.error(
+                    "splits", f"unknown split '{key}'{did_you_mean(str(key), SPLITS)}",
+                    "use train, val and test",
+                )  # fmt: skip
+        self.splits = {str(k): [str(v) for v in _as_list(raw[k])] for k in raw}
+        if self.splits and "train" not in self.splits:
+            raise self.error("splits", "no 'train' split", "add train: FOLDER (or a .txt list)")
+        bands = values.get("bands")
+        if isinstance(bands, int):
+            bands = [f"b{i + 1}" for i in range(bands)]
+        self.bands = [str(b) for b in _as_list(bands)]
+
+    def validate_files(self) -> dict[str, int]:
+        """Check the files (``catalog validate``); image counts per class or split
+        (:func:`geocmid.data.catalog.chips.validate_chip_entry`)."""
+        from geocmid.data.catalog.chips import validate_chip_entry
+
+        return validate_chip_entry(self)
+
+
+@dataclass
+class ImageFolderEntry(ChipEntry):
+    """A tree of plain images: folder-per-class (UC Merced, NWPU-RESISC45 style) for scene
+    classification, or any folder of images (``labels: none``, Million-AID style) for
+    pretraining. Files are found recursively; JPEG/PNG/TIFF, any band count, 8/16-bit or float.
+
+    With ``labels: folders`` (the default) the class of an image is the first sub-folder below
+    its split folder (or below ``root`` without split folders).
+    """
+
+    kind: ClassVar[str] = "image_folder"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **ChipEntry.KEYS,
+        "root": (True, "folder holding one sub-folder per class (or the images: labels: none)"),
+        "classes": (False, "class names in label order (default: sorted sub-folder names)"),
+        "labels": (False, "folders (class = sub-folder, default) or none (unlabelled images)"),
+    }
+
+    classes: list[str] = field(default_factory=list)
+    labels: str = "folders"
+
+    def parse_values(self, values: Mapping[str, Any]) -> None:
+        super().parse_values(values)
+        self.classes = [str(c) for c in _as_list(values.get("classes"))]
+        labels = str(values.get("labels") or "folders").lower()
+        if labels not in ("folders", "none"):
+            raise self.error(
+                "labels", f"{labels!r} is not 'folders' or 'none'",
+                "folders: one sub-folder per class; none: unlabelled images (pretraining)",
+            )  # fmt: skip
+        self.labels = labels
+
+
+@dataclass
+class ChipSegmentationEntry(ChipEntry):
+    """Image tiles with mask tiles beside them (Potsdam, Vaihingen, LoveDA, Dubai style).
+
+    An image's mask is the file at the same path with the ``image_dir`` folder replaced by
+    ``mask_dir`` and the same stem (any image ending): ``Tile 1/images/a.jpg`` →
+    ``Tile 1/masks/a.png``. Masks hold class values (``mask_format: values``) or colours
+    (``mask_format: colors``: each class's ``color`` in the class table; RGB or palette PNG).
+    """
+
+    kind: ClassVar[str] = "chip_segmentation"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **ChipEntry.KEYS,
+        "image_dir": (False, "name of the folders holding the images (default: images)"),
+        "mask_dir": (False, "name of the folders holding the masks (default: masks)"),
+        "classes": (True, "value: name or value: {name, color} (colour masks: the mask colour)"),
+        "mask_format": (False, "values (class values, default) or colors (colour-coded masks)"),
+        "ignore_value": (False, "mask value of unlabelled pixels (value masks)"),
+        "ignore_colors": (False, "mask colours of unlabelled pixels, e.g. ['#000000']"),
+    }
+
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    classes: list[ClassInfo] = field(default_factory=list)
+    mask_format: str = "values"
+    ignore_value: int | None = None
+    ignore_colors: list[str] = field(default_factory=list)
+
+    def parse_values(self, values: Mapping[str, Any]) -> None:
+        super().parse_values(values)
+        self.image_dir = str(values.get("image_dir") or "images")
+        self.mask_dir = str(values.get("mask_dir") or "masks")
+        self.classes = _parse_classes(self, values.get("classes"))
+        fmt = str(values.get("mask_format") or "values").lower()
+        if fmt not in ("values", "colors"):
+            raise self.error(
+                "mask_format", f"{fmt!r} is not 'values' or 'colors'",
+                "values: masks hold class values; colors: masks are colour-coded",
+            )  # fmt: skip
+        self.mask_format = fmt
+        ignore = values.get("ignore_value")
+        self.ignore_value = None if ignore is None else int(ignore)
+        self.ignore_colors = [str(c) for c in _as_list(values.get("ignore_colors"))]
+        for color in self.ignore_colors:
+            if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
+                raise self.error("ignore_colors", f"{color!r} is not #RRGGBB", "e.g. '#000000'")
+        if fmt == "colors":
+            colors = [c.hex[:7].lower() for c in self.classes]
+            if len(set(colors)) != len(colors):
+                raise self.error(
+                    "classes", "two classes share a colour; colour masks need one per class",
+                    "give each class the colour its pixels have in the masks",
+                )  # fmt: skip
+
+
+@dataclass
+class ChipChangeEntry(ChipEntry):
+    """Bitemporal chip triplets: first date, second date and change label with the same name
+    in three folders (LEVIR-CD ``A/B/label``, WHU-CD ``image1/image2/label`` or
+    ``prev/curr/label``). Label 0 is no change, any other value change (0/255 and 0/1 alike),
+    ``ignore_value`` unlabelled.
+    """
+
+    kind: ClassVar[str] = "chip_change"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **ChipEntry.KEYS,
+        "before_dir": (False, "folder name of the first dates (default: A)"),
+        "after_dir": (False, "folder name of the second dates (default: B)"),
+        "label_dir": (False, "folder name of the change labels (default: label)"),
+        "ignore_value": (False, "label value of unlabelled pixels"),
+        "classes": (False, "names of no change and change (default: no change, change)"),
+    }
+
+    before_dir: str = "A"
+    after_dir: str = "B"
+    label_dir: str = "label"
+    ignore_value: int | None = None
+    classes: list[ClassInfo] = field(default_factory=list)
+
+    def parse_values(self, values: Mapping[str, Any]) -> None:
+        super().parse_values(values)
+        self.before_dir = str(values.get("before_dir") or "A")
+        self.after_dir = str(values.get("after_dir") or "B")
+        self.label_dir = str(values.get("label_dir") or "label")
+        if len({self.before_dir, self.after_dir, self.label_dir}) != 3:
+            raise self.error(
+                "before_dir", "before_dir, after_dir and label_dir must be three different names"
+            )
+        ignore = values.get("ignore_value")
+        self.ignore_value = None if ignore is None else int(ignore)
+        raw = values.get("classes")
+        self.classes = _parse_classes(self, raw) if raw else [
+            ClassInfo(0, "no change", "#000000"), ClassInfo(1, "change", "#ff0000"),
+        ]  # fmt: skip
+        if len(self.classes) != 2:
+            raise self.error(
+                "classes", f"change labels have 2 classes, {len(self.classes)} given",
+                "give names for 0 (no change) and 1 (change)",
+            )  # fmt: skip
 
 
 @dataclass
@@ -337,6 +522,8 @@ ENTRY_KINDS: dict[str, type[Entry]] = {
         VectorLabelsEntry,
         BitemporalEntry,
         ImageFolderEntry,
+        ChipSegmentationEntry,
+        ChipChangeEntry,
         TorchGeoDatasetEntry,
     )
 }
@@ -434,11 +621,8 @@ def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Ent
         entry.before = str(values["before"])
         entry.after = str(values["after"])
         entry.change_labels = values.get("change_labels")
-    elif isinstance(entry, ImageFolderEntry):
-        entry.root = str(values["root"])
-        if "extensions" in values:
-            entry.extensions = [str(e).lower() for e in _as_list(values["extensions"])]
-        entry.classes = [str(c) for c in _as_list(values.get("classes"))]
+    elif isinstance(entry, ChipEntry):
+        entry.parse_values(values)
     elif isinstance(entry, TorchGeoDatasetEntry):
         entry.dataset = str(values["dataset"])
         entry.root = str(values["root"])

@@ -147,12 +147,22 @@ def bitemporal_dataset(
 def image_folder_dataset(
     entry: ImageFolderEntry, transforms: Transform | None = None
 ) -> ImageFolderDataset:
+    """Every image of a folder-per-class entry (all its splits), labels in class order."""
+    from geocmid.data.chipsets import image_folder_records
+
     validate(entry)
+    recs = image_folder_records(entry)
+    if recs.labels is None:
+        raise ConfigError(
+            entry.where, "has no classes ('labels: none')",
+            "use an image_folder entry with one sub-folder per class",
+        )  # fmt: skip
     return ImageFolderDataset(
         entry.root_path,
-        classes=entry.classes or None,
+        classes=recs.classes,
         extensions=tuple(entry.extensions),
         transforms=transforms,
+        samples=[(g[0], label) for g, label in zip(recs.files, recs.labels, strict=True)],
     )
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from torchgeo.datasets import NonGeoDataset
 
-from geocmid.data.rasters import open_raster
+from geocmid.data.chipsets import read_image
 
 Sample = dict[str, Any]
 
@@ -28,25 +27,27 @@ class ImageFolderDataset(NonGeoDataset):
         classes: list[str] | None = None,
         extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff"),
         transforms: Callable[[Sample], Sample] | None = None,
+        samples: list[tuple[Path, int]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.classes = classes or sorted(d.name for d in self.root.iterdir() if d.is_dir())
         self.transforms = transforms
         exts = tuple(e.lower() for e in extensions)
-        self.samples = [
+        # ``samples``: (file, class index) pairs found elsewhere (split folders, recursion:
+        # geocmid.data.chipsets.image_folder_records)
+        self.samples = samples if samples is not None else [
             (f, label)
             for label, name in enumerate(self.classes)
             for f in sorted((self.root / name).iterdir())
             if f.suffix.lower() in exts
-        ]
+        ]  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
         path, label = self.samples[index]
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"), open_raster(path) as src:
-            array = src.read()
+        array = read_image(path)  # Pillow for JPEG/PNG, rasterio for TIFF
         sample: Sample = {
             "image": torch.from_numpy(array.astype(np.float32)),
             "label": torch.tensor(label, dtype=torch.long),
