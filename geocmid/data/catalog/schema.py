@@ -487,6 +487,91 @@ class ChipChangeEntry(ChipEntry):
             )  # fmt: skip
 
 
+# ---- detection chip folders (owner: engineer "detection"; readers: geocmid.data.boxformats) ----
+@dataclass
+class DetectionFolderEntry(ChipEntry):
+    """Images with object labels beside them, for object detection on their pixel grid.
+
+    Per-image label files (``format``: ``dota`` labelTxt, ``yolo_obb``, ``yolo``, ``nwpu``,
+    ``voc``) sit at the image's path with the ``image_dir`` folder replaced by ``label_dir`` and
+    the format's ending (``train/images/P0001.png`` → ``train/labelTxt/P0001.txt``); table
+    formats (``polygon_csv``, ``csv``) hold every image's objects in one ``labels`` file. Images
+    are the files under ``root`` with an ``image_dir`` folder in their path. Oriented boxes are
+    kept as their 4 corners (:mod:`geocmid.data.boxformats` reads and documents each format).
+    """
+
+    kind: ClassVar[str] = "detection_folder"
+    KEYS: ClassVar[dict[str, tuple[bool, str]]] = {
+        **ChipEntry.KEYS,
+        "format": (True, "dota, yolo_obb, yolo, nwpu, polygon_csv, csv or voc"),
+        "image_dir": (False, "name of the folders holding the images (default: images; . = root)"),
+        "label_dir": (False, "name of the folders holding the label files (default: labels)"),
+        "labels": (False, "polygon_csv / csv: the table of objects, relative to root"),
+        "classes": (
+            False,
+            "class names: a list (YOLO ids from 0, NWPU ids from 1), {id: name}, or a dataset "
+            "YAML with 'names' (default: the names in the label files)",
+        ),
+        "columns": (False, "polygon_csv / csv column names, e.g. {image: image_id, class: class}"),
+        "difficult": (False, "objects flagged difficult: ignore (default; not scored), keep, drop"),
+        "missing_labels": (
+            False,
+            "an image without labels: error (default; yolo: negative) or negative",
+        ),
+    }
+
+    format: str = ""
+    image_dir: str = "images"
+    label_dir: str = "labels"
+    labels: str | None = None
+    classes: Any = None
+    columns: dict[str, str] = field(default_factory=dict)
+    difficult: str = "ignore"
+    missing_labels: str = "error"
+
+    def parse_values(self, values: Mapping[str, Any]) -> None:
+        from geocmid.data.boxformats import DIFFICULT_POLICIES, FORMATS, TABLE_FORMATS
+
+        super().parse_values(values)
+        self.format = str(values["format"]).lower()
+        if self.format not in FORMATS:
+            raise self.error(
+                "format", f"unknown format '{self.format}'{did_you_mean(self.format, FORMATS)}",
+                f"use one of {', '.join(FORMATS)}",
+            )  # fmt: skip
+        for key, default in (("image_dir", "images"), ("label_dir", "labels")):
+            raw = values.get(key, default)
+            setattr(self, key, "" if str(raw or ".") == "." else str(raw))  # "." = root itself
+        self.labels = None if values.get("labels") is None else str(values["labels"])
+        if self.format in TABLE_FORMATS and not self.labels:
+            raise self.error("labels", f"{self.format} needs the table of objects",
+                             "labels: annotations.csv (relative to root)")  # fmt: skip
+        self.classes = values.get("classes")
+        self.columns = {str(k): str(v) for k, v in (values.get("columns") or {}).items()}
+        self.difficult = str(values.get("difficult") or "ignore").lower()
+        if self.difficult not in DIFFICULT_POLICIES:
+            raise self.error(
+                "difficult",
+                f"{self.difficult!r} is not one of {DIFFICULT_POLICIES}",
+                "ignore: trained on, left out of mAP; keep: scored; drop: removed",
+            )
+        default = "negative" if self.format in ("yolo", "yolo_obb") else "error"
+        self.missing_labels = str(values.get("missing_labels") or default).lower()
+        if self.missing_labels not in ("error", "negative"):
+            raise self.error("missing_labels", f"{self.missing_labels!r} is not error or negative")
+
+    def read(self) -> Any:
+        """Every image with its objects: a :class:`geocmid.data.boxformats.DetectionFolder`."""
+        from geocmid.data.boxformats import read_detection_folder
+
+        return read_detection_folder(self)
+
+    def validate_files(self) -> dict[str, int]:
+        """Read every label file (errors name the file and line) → images per split."""
+        folder = self.read()
+        return {f"{k} images": v for k, v in folder.counts().items()}
+
+
 @dataclass
 class TorchGeoDatasetEntry(Entry):
     """A dataset class of ``torchgeo.datasets`` (UC Merced, Potsdam, LEVIR-CD, ...) by name.
@@ -524,6 +609,7 @@ ENTRY_KINDS: dict[str, type[Entry]] = {
         ImageFolderEntry,
         ChipSegmentationEntry,
         ChipChangeEntry,
+        DetectionFolderEntry,
         TorchGeoDatasetEntry,
     )
 }

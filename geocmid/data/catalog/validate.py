@@ -304,6 +304,9 @@ def validate_torchgeo_dataset(entry: TorchGeoDatasetEntry) -> None:
 def validate(entry: Entry, catalog: Catalog | None = None) -> EntryReport:
     """Validate ``entry`` (and what it refers to); raise a :class:`GeocmidError` if unusable."""
     report = EntryReport(entry)
+    if callable(getattr(entry, "validate_files", None)):  # kinds that check their own files
+        report.image_counts = entry.validate_files()  # type: ignore[attr-defined]
+        return report
     if isinstance(entry, ImageryEntry):
         report.rasters = validate_imagery(entry)
     elif isinstance(entry, RasterLabelsEntry):
