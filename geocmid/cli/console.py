@@ -30,6 +30,8 @@ from typing import Any
 
 #: Loggers whose records are GDAL/OGR messages (demoted to debug).
 GDAL_LOGGERS = ("rasterio", "pyogrio", "fiona", "osgeo")
+#: Loggers whose info records are shown with --verbose only.
+LIGHTNING_LOGGERS = ("lightning", "pytorch_lightning")
 #: Warning messages (regular expressions) that a user cannot act on.
 IGNORED_WARNINGS = (
     r".*LeafSpec.*",  # Lightning's own use of a torch._pytree API
@@ -54,7 +56,11 @@ class ConsoleFilter(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".")[0] in GDAL_LOGGERS and record.levelno < logging.ERROR:
+        top = record.name.split(".")[0]
+        if top in GDAL_LOGGERS and record.levelno < logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif top in LIGHTNING_LOGGERS and record.levelno == logging.INFO:
+            # hardware lines, tips, model summaries: the epoch lines say what matters
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return record.levelno >= self.level
 

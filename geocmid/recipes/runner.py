@@ -55,16 +55,19 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def logging_to(path: Path) -> Iterator[None]:
+def logging_to(path: Path) -> Iterator[logging.Handler]:
+    """Log records (info and up) and everything printed go to ``path`` too; yields the file
+    handler. Progress bars are not written (``isatty`` is False: no bars)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         handler = logging.FileHandler(path)
+        handler.setLevel(logging.INFO)  # GDAL chatter the console demotes to debug stays out
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, f), _Tee(err, f)
         try:
-            yield
+            yield handler
         finally:
             sys.stdout, sys.stderr = out, err
             logging.getLogger().removeHandler(handler)
@@ -162,11 +165,14 @@ class Runner:
             import torch
 
             torch.set_num_threads(res.spec["threads"])
-        with logging_to(res.run_dir / "logs" / "run.log"):
+        with logging_to(res.run_dir / "logs" / "run.log") as handler:
             try:
                 self._run_steps()
             except GeocmidError as error:
-                log.error("%s", error.format())
+                # into the log file only: the command prints the error once on the console
+                record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s",
+                                        (error.format(),), None)  # fmt: skip
+                handler.handle(record)
                 raise
         return res.run_dir / "report.md" if "report" in res.steps else res.run_dir
 

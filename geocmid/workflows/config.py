@@ -472,6 +472,24 @@ def check_init_args(config: Mapping[str, Any], where: str) -> None:
                     f"its arguments: {', '.join(sorted(accepted))}",
                 )
     trainer = config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, Mapping) else None
+    callbacks = [callbacks] if isinstance(callbacks, Mapping) else callbacks
+    for i, node in enumerate(callbacks if isinstance(callbacks, list) else []):
+        if not isinstance(node, Mapping) or not isinstance(node.get("init_args"), Mapping):
+            continue
+        class_path = node.get("class_path")
+        if not isinstance(class_path, str) or "." not in class_path or not is_trusted(class_path):
+            continue
+        cls = _import_trusted(class_path, f"{where}: trainer.callbacks.{i}.class_path")
+        accepted = accepted_init_args(cls) if isinstance(cls, type) else None
+        name = class_path.rsplit(".", 1)[-1]
+        for key in node["init_args"] if accepted is not None else ():
+            if key not in accepted:
+                raise ConfigError(
+                    f"{where}: trainer.callbacks.{name}.{key}",
+                    f"{name} has no argument '{key}'{did_you_mean(str(key), accepted)}",
+                    f"its arguments: {', '.join(sorted(accepted))}",
+                )
     if isinstance(trainer, Mapping):
         from lightning.pytorch import Trainer
 

@@ -6,6 +6,7 @@ GeocmidCLI``); it lives in its own module so that reading configs does not impor
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,22 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+
+def one_log_handler() -> None:
+    """Importing ``lightning`` gives its logger a console handler of its own; when the root
+    logger has one (the ``geocmid`` command's), remove Lightning's so each line prints once."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+one_log_handler()
 
 #: Trainer defaults of every geocmid run (a config may change all but the sampler).
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -110,6 +127,7 @@ class GeocmidCLI(LightningCLI):
         parser_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        one_log_handler()
         self.default_callbacks = default_callbacks
         self.monitor = monitor
         parser_kwargs = {"exit_on_error": False, **(parser_kwargs or {})}

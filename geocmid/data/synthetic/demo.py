@@ -204,6 +204,19 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         )  # fmt: skip
 
 
+def _write_stats(folder: Path) -> None:
+    """Store the statistics of the demo's imagery entries (as `geocmid catalog stats` does), so
+    that training on the demo does not estimate them again, with a warning, in every run."""
+    from geocmid.data.catalog import Catalog, ImageryEntry
+    from geocmid.data.stats import compute_stats, write_stats
+
+    catalog = Catalog(folder)
+    for name in catalog.names():
+        entry = catalog.get(name)
+        if isinstance(entry, ImageryEntry):
+            write_stats(compute_stats(entry), catalog.stats_path(name))
+
+
 def make_demo_dataset(
     out_dir: str | os.PathLike, *, size: int = 512, seed: int = 0, overwrite: bool = False
 ) -> dict[str, Path]:
@@ -255,6 +268,7 @@ def make_demo_dataset(
             text = yaml.safe_dump(entry, sort_keys=False, default_flow_style=None, width=100)
             header = f"# {name}.yaml: synthetic demo data (geocmid demo-data, seed {seed})\n"
             (catalog / f"{name}.yaml").write_text(header + text)
+        _write_stats(catalog)
         (tmp / "README.txt").write_text(
             "Synthetic demo data written by `geocmid demo-data` (geocmid.data.synthetic).\n"
             f"seed={seed} size={size}; catalog entries in catalog/, quick-looks in quicklooks/.\n"
