@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +19,15 @@ from geocmid.errors import DataError
 
 
 def open_raster(path: str | Path) -> DatasetReader:
-    """Open a raster with rasterio, turning GDAL's failures into a :class:`DataError`."""
-    path = Path(path)
-    if not path.exists():
+    """Open a raster with rasterio, turning GDAL's failures into a :class:`DataError`.
+
+    GDAL virtual paths and URLs (:mod:`geocmid.data.paths`) go to GDAL untouched.
+    """
+    from geocmid.data.paths import is_virtual
+
+    virtual = is_virtual(path)
+    path = os.fspath(path) if virtual else Path(path)
+    if not virtual and not Path(path).exists():
         raise DataError(str(path), "file not found", "check the path in the catalog entry")
     try:
         with warnings.catch_warnings():
@@ -85,12 +92,14 @@ class RasterInfo:
 
 
 def raster_info(path: str | Path) -> RasterInfo:
-    """Read the header of one raster (no pixel data)."""
+    """Read the header of one raster (no pixel data; a remote file's header only)."""
+    from geocmid.data.paths import as_path
+
     with open_raster(path) as src:
         kind = georeferencing_kind(src)
         georeferenced = src.crs is not None and kind == "transform"
         return RasterInfo(
-            path=Path(path),
+            path=as_path(path),  # a GDAL virtual path / URL kept as written
             width=src.width,
             height=src.height,
             count=src.count,

@@ -305,7 +305,7 @@ class RasterSource:
             "name": self.name,
             "files": [_file_id(p) for p in self.files],
             "bands": list(self.bands),
-            "layers": [[[str(Path(p).resolve()), i] for p, i in layer] for layer in self.layers],
+            "layers": [[[absolute(p), i] for p, i in layer] for layer in self.layers],
             "nodata": list(self.nodata),
             "crs": f"EPSG:{epsg}" if epsg else (self.grid.crs.to_wkt() if self.grid.crs else None),
             "transform": list(self.grid.transform)[:6],
@@ -334,8 +334,17 @@ class RasterSource:
 
 
 def _file_id(path: str) -> dict[str, Any]:
-    stat = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """Identity of a file's content (local or GDAL virtual / remote: geocmid.data.paths)."""
+    from geocmid.data.paths import file_identity
+
+    return file_identity(path)
+
+
+def absolute(path: str) -> str:
+    """An absolute local path, or a GDAL virtual path / URL unchanged."""
+    from geocmid.data.paths import absolute as _absolute
+
+    return _absolute(path)
 
 
 # -- building sources --------------------------------------------------------------------------

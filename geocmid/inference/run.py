@@ -27,15 +27,16 @@ from geocmid.inference.engine import RunSettings, blocks_for_part, run_blocks
 from geocmid.inference.predictor import Predictor
 from geocmid.inference.reader import SceneInput, plan_scenes
 from geocmid.inference.store import RunLock, WorkDir, write_error
+from geocmid.inference.styles import write_styles
 from geocmid.inference.vectorize import polygons, scene_cells
 from geocmid.inference.writers import (
     GDAL_ENV,
-    atomic_path,
     ensure_output_dir,
     provenance_tags,
     refuse_existing,
     write_class_cog,
     write_probability_cog,
+    write_vectors,
 )
 
 log = logging.getLogger(__name__)
@@ -301,12 +302,15 @@ def predict_scene(
 
 
 def _file_id(path: Any) -> dict[str, Any]:
-    stat = Path(str(path)).stat()
-    return {
-        "path": str(Path(str(path)).resolve()),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
+    """Identity of an input file for the resume fingerprint: local files by size and mtime,
+    GDAL virtual paths / URLs (``/vsizip/``, ``https://``, ``s3://``) without reading their data
+    (:func:`geocmid.data.paths.file_identity`)."""
+    from geocmid.data.paths import file_identity
+
+    try:
+        return file_identity(os.fspath(path))
+    except (OSError, rasterio.errors.RasterioIOError) as error:
+        raise DataError(str(path), f"cannot be opened ({error})", "check the path") from None
 
 
 def _finish_dense(
@@ -325,7 +329,7 @@ def _finish_dense(
     if "probabilities" in paths:
         # Copy first: the class step below reads the temporary probabilities for vectors.
         write_probability_cog(prob_tmp, paths["probabilities"], card, tags)
-    write_class_cog(cls_tmp, paths["classes"], card, tags)
+    write_class_cog(cls_tmp, paths["classes"], card, tags, predictor.background)
     frame = None
     if "vectors" in paths:
         frame = polygons(
@@ -342,6 +346,7 @@ def _finish_dense(
         summary.quicklook_classes(
             paths["classes"], card, paths["quicklook"], scenes, predictor.background
         )
+    write_styles(paths, card.classes, predictor.task, predictor.background)
     result.summary["nodata_pixels"] = stats.nodata_pixels
     result.summary["classes"] = summary.class_table(card, stats.pixels, stats.area_m2, frame)
 
@@ -377,6 +382,7 @@ def _finish_objects(
         )
         layer = "cells"
     _write_vectors(frame, paths, layer)
+    write_styles(paths, card.classes, predictor.task, predictor.background)
     if "quicklook" in paths:
         scene = _quicklook_scenes(plan, work.path)[0]
         summary.quicklook_scene(scene.path, grid, frame, card, paths["quicklook"])
@@ -384,11 +390,7 @@ def _finish_objects(
 
 
 def _write_vectors(frame: gpd.GeoDataFrame, paths: dict[str, Path], layer: str) -> None:
-    with atomic_path(paths["vectors"]) as tmp:
-        frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
-    if "geojson" in paths:
-        with atomic_path(paths["geojson"]) as tmp:
-            frame.to_crs(4326).to_file(tmp, driver="GeoJSON", engine="pyogrio")
+    write_vectors(frame, paths, layer)  # GPKG (+ column descriptions), RFC 7946 GeoJSON
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,14 @@ class Entry:
         "kind": (True, "entry kind"),
         "name": (False, "entry name (defaults to the YAML file stem)"),
         "description": (False, "free text shown by `catalog list`"),
+        "gdal_env": (False, "GDAL options for reading its files, e.g. {AWS_NO_SIGN_REQUEST: YES}"),
     }
 
     name: str
     source: Path | None  # the YAML file this entry came from (None when built in Python)
     base_dir: Path
     description: str = ""
+    gdal_env: dict[str, Any] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -52,9 +54,20 @@ class Entry:
         return ConfigError(where, problem, fix)
 
     def resolve_paths(self, patterns: list[str], key: str, suffixes: tuple[str, ...]) -> list[Path]:
-        """Expand files, globs and folders (relative to the YAML folder) to existing files."""
+        """Expand files, globs and folders (relative to the YAML folder) to existing files.
+
+        GDAL virtual paths and URLs (``/vsizip/``, ``/vsicurl/``, ``https://``, ``s3://``,
+        ``file://`` …) pass through untouched (:func:`geocmid.data.paths.entry_path`); the
+        entry's ``gdal_env`` options are set for reading them.
+        """
+        from geocmid.data.paths import apply_gdal_env, entry_path, is_virtual
+
+        apply_gdal_env(self.gdal_env, self.where)
         files: list[Path] = []
         for pattern in patterns:
+            if is_virtual(pattern):
+                files.append(entry_path(pattern, self.base_dir, key, self.where))
+                continue
             path = Path(pattern).expanduser()
             path = path if path.is_absolute() else self.base_dir / path
             if glob.has_magic(str(path)):
@@ -653,6 +666,7 @@ def parse_entry(raw: Any, name: str, source: Path | None, base_dir: Path) -> Ent
     entry = cls(
         name=name, source=source, base_dir=base_dir, description=str(raw.get("description", ""))
     )
+    entry.gdal_env = raw.get("gdal_env") or {}  # checked where it is applied
     values = {k: v for k, v in raw.items() if k not in Entry.KEYS}
 
     if isinstance(entry, ImageryEntry):
