@@ -154,11 +154,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from geocmid.data.catalog import Catalog, ImageryEntry
+    from geocmid.data.catalog import Catalog, ImageryEntry, validate
     from geocmid.data.stats import compute_stats, write_stats
 
     catalog = Catalog(args.catalog)
     entry = catalog.get_kind(args.name, ImageryEntry)
+    validate(entry, catalog)  # band count, georeferencing, readable files: as training checks
     stats = compute_stats(entry)
     path = catalog.stats_path(entry.name)
     write_stats(stats, path)

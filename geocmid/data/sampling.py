@@ -189,7 +189,10 @@ CENTRE_TOLERANCE = 0.49
 
 
 def chip_centres(
-    region: BaseGeometry, size: int, res: tuple[float, float] | Sequence[float]
+    region: BaseGeometry,
+    size: int,
+    res: tuple[float, float] | Sequence[float],
+    tolerance: float = CENTRE_TOLERANCE,
 ) -> BaseGeometry:
     """Where the centre of a ``size``-pixel chip may lie so that the chip is inside ``region``.
 
@@ -201,11 +204,13 @@ def chip_centres(
         region: polygon(s) in CRS units.
         size: chip edge in pixels.
         res: pixel size ``(x, y)`` in CRS units.
+        tolerance: pixels the centre may lie outside the exact erosion (0.5: its area in
+            pixels is the number of distinct chip positions).
     """
     rx, ry = abs(float(res[0])), abs(float(res[1]))
     if region.is_empty:
         return region
-    half = (size / 2 - CENTRE_TOLERANCE) * rx
+    half = (size / 2 - tolerance) * rx
     if not math.isclose(rx, ry):  # erode a region scaled to square pixels, then scale back
         import shapely.affinity
 
@@ -353,9 +358,8 @@ def split_capacity(
     """
     rx, ry = abs(float(res[0])), abs(float(res[1]))
     centres = chip_centres(region, chip_size, (rx, ry))
-    positions = 0 if centres.is_empty else round(centres.area / (rx * ry))
-    if not centres.is_empty and positions == 0:
-        positions = 1
+    counted = chip_centres(region, chip_size, (rx, ry), tolerance=0.5)
+    positions = 0 if centres.is_empty else max(1, round(counted.area / (rx * ry)))
     capacity = SplitCapacity(
         name, int(chip_size), positions, max_nodata=max_nodata,
         largest_part=_largest_part(region, (rx, ry)),

@@ -18,19 +18,62 @@ from geocmid.data.rasters import open_raster, valid_pixels
 
 #: Pixels read per file at most; files are read decimated (overviews when present).
 PIXELS_PER_FILE = 1_000_000
+#: A decimated read with fewer valid pixels than this (a sparse raster: valid data in a small
+#: part of a large extent) is completed from the file's valid blocks at full resolution.
+SPARSE_PIXELS = 10_000
+#: Pixels read at most while looking for the valid blocks of a sparse file.
+BLOCK_BUDGET = 16_000_000
+#: A band with fewer finite valid pixels than this has no usable statistics.
+MIN_VALID_PIXELS = 100
 
 
 log = logging.getLogger(__name__)
 
 
+def _valid_columns(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``[C, N]`` values of the valid pixels of ``data [C, H, W]`` (float64; non-finite values
+    stay and are dropped per band later)."""
+    return data[:, valid_pixels(data, nodata)].astype(np.float64)
+
+
 def _decimated_read(path: Path, nodata: float | None) -> np.ndarray:
-    """``[C, N]`` valid pixel values of ``path`` read on a regular sub-grid."""
+    """``[C, N]`` valid pixel values of ``path``: a regular sub-grid of at most
+    :data:`PIXELS_PER_FILE` pixels (overviews when present) and, when that holds fewer than
+    :data:`SPARSE_PIXELS` valid pixels, full-resolution reads of the file's blocks, those near
+    the valid pixels found first (sparse rasters)."""
     with open_raster(path) as src:
         step = max(1, math.ceil(math.sqrt(src.width * src.height / PIXELS_PER_FILE)))
         shape = (src.count, max(1, src.height // step), max(1, src.width // step))
-        data = src.read(out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+        data = src.read(out_shape=shape, resampling=Resampling.nearest)
         nodata = nodata if nodata is not None else src.nodata
-    return data[:, valid_pixels(data, nodata)]
+        values = _valid_columns(data, nodata)
+        if step == 1 or values.shape[1] >= SPARSE_PIXELS:
+            return values
+        # sparse: read whole blocks where data are, then the others, within a budget
+        hits = valid_pixels(data, nodata)
+        rows, cols = np.nonzero(hits)
+        bh, bw = src.block_shapes[0]
+        near = {
+            (int(r * src.height / shape[1]) // bh, int(c * src.width / shape[2]) // bw)
+            for r, c in zip(rows, cols, strict=True)
+        }
+        windows = [w for _, w in src.block_windows(1)]
+        first = [w for w in windows if (w.row_off // bh, w.col_off // bw) in near]
+        rest = [w for w in windows if (w.row_off // bh, w.col_off // bw) not in near]
+        order = np.random.default_rng(0).permutation(len(rest))
+        chunks, found, read = [], 0, 0
+        for window in [*first, *(rest[i] for i in order)]:
+            if found >= PIXELS_PER_FILE or read >= BLOCK_BUDGET:
+                break
+            block = _valid_columns(src.read(window=window), nodata)
+            read += int(window.width * window.height)
+            if block.shape[1]:
+                chunks.append(block)
+                found += block.shape[1]
+        if found > values.shape[1]:
+            log.debug("%s: sparse raster, %d valid pixels from its blocks", path, found)
+            return np.concatenate(chunks, axis=1)
+        return values
 
 
 #: Statistics computed in this process, by files (with size and time) and reading settings:
@@ -41,8 +84,18 @@ _CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 def compute_stats(entry: ImageryEntry) -> dict[str, Any]:
     """Estimate per-band mean, std and 2/50/98th percentiles over the valid pixels of ``entry``.
 
-    Each file is sampled on a regular grid of at most :data:`PIXELS_PER_FILE` pixels; nodata
-    pixels (all bands equal nodata) are excluded. Repeated calls for unchanged files are free.
+    Each file is sampled on a regular grid of at most :data:`PIXELS_PER_FILE` pixels (sparse
+    files, whose grid hits fewer than :data:`SPARSE_PIXELS` valid pixels, by their valid blocks
+    at full resolution). Nodata pixels (all bands equal nodata) are excluded, and each band's
+    reductions ignore its non-finite values (NaN, ±inf): the statistics are those of the finite
+    valid pixels. Repeated calls for unchanged files are free.
+
+    Returns:
+        ``{"bands", "mean", "std", "p2", "p50", "p98", "pixels_sampled"}`` (raw units; lists
+        of one float per band).
+
+    Raises:
+        DataError: a band with fewer than :data:`MIN_VALID_PIXELS` finite valid pixels (named).
     """
     files = entry.files()
     key = (
@@ -57,6 +110,8 @@ def compute_stats(entry: ImageryEntry) -> dict[str, Any]:
 
 
 def _estimate(entry: ImageryEntry) -> dict[str, Any]:
+    from geocmid.errors import DataError
+
     if entry.band_files:
         # One file per band: each band has its own nodata mask, so pool per band.
         per_band = [
@@ -66,13 +121,21 @@ def _estimate(entry: ImageryEntry) -> dict[str, Any]:
     else:
         scenes = [_decimated_read(f, entry.nodata) for f in entry.files()]
         per_band = list(np.concatenate(scenes, axis=1))
-    if min(len(v) for v in per_band) == 0:
-        from geocmid.errors import DataError
-
+    if max((len(v) for v in per_band), default=0) == 0:
         raise DataError(entry.where, "holds no valid pixel (all nodata)", "check 'nodata'")
-    p2, p50, p98 = (np.array([np.percentile(v, q) for v in per_band]) for q in (2, 50, 98))
-    mean = np.array([v.mean() for v in per_band])
-    std = np.array([v.std() for v in per_band])
+    finite = [v[np.isfinite(v)] for v in per_band]
+    for band, values, raw in zip(entry.bands, finite, per_band, strict=False):
+        if len(values) < MIN_VALID_PIXELS:
+            raise DataError(
+                f"{entry.where}, band '{band}'",
+                f"has {len(values)} finite valid pixel(s) among the {len(raw)} sampled (the "
+                f"rest is nodata, NaN or ±inf); at least {MIN_VALID_PIXELS} are needed for "
+                "its statistics",
+                "check the band's data and the entry's 'nodata', or drop the band",
+            )
+    p2, p50, p98 = (np.array([np.percentile(v, q) for v in finite]) for q in (2, 50, 98))
+    mean = np.array([v.mean() for v in finite])
+    std = np.array([v.std() for v in finite])
     return {
         "bands": list(entry.bands),
         "mean": mean.round(6).tolist(),
@@ -80,7 +143,7 @@ def _estimate(entry: ImageryEntry) -> dict[str, Any]:
         "p2": p2.tolist(),
         "p50": p50.tolist(),
         "p98": p98.tolist(),
-        "pixels_sampled": int(max(len(v) for v in per_band)),
+        "pixels_sampled": int(max(len(v) for v in finite)),
     }
 
 
