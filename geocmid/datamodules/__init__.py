@@ -13,6 +13,7 @@ from geocmid.datamodules.folder import ImageFolderDataModule
 from geocmid.datamodules.geo import SupervisedGeoDataModule
 from geocmid.datamodules.pretrain import PretrainDataModule
 from geocmid.datamodules.segmentation import SegmentationDataModule
+from geocmid.datamodules.torchgeo_chips import TorchGeoChipDataModule
 
 __all__ = [
     "CatalogDataModule",
