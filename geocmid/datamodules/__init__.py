@@ -26,4 +26,5 @@ __all__ = [
     "PretrainDataModule",
     "SegmentationDataModule",
     "SupervisedGeoDataModule",
+    "TorchGeoChipDataModule",
 ]
