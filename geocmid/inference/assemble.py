@@ -65,7 +65,7 @@ def assemble_dense(
     cls_path, prob_path = out_dir / "classes.tif", out_dir / "probabilities.tif"
     stats = ClassStats(np.zeros(k, np.int64), np.zeros(k, np.float64))
     # m² per pixel of every row, once: geodesic rows cost a pyproj call each in geographic CRSs
-    row_areas = pixel_area_rows(grid.transform, grid.crs, 0, grid.height)
+    row_areas = pixel_area_rows(grid.transform, grid.crs, 0, grid.height, grid.width)
     with (
         rasterio.open(cls_path, "w", count=1, dtype=dtype, nodata=nodata, **profile) as cls_ds,
         rasterio.open(prob_path, "w", count=k, dtype="uint8", nodata=NO_PROB, **profile) as prob_ds,

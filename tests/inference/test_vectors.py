@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyproj
+import pytest
 import rasterio
 import shapely
 import torch
@@ -54,7 +55,11 @@ def test_polygons_cross_block_borders_as_one(tmp_path):
         shapely.box(500800, 4000000 - 1400, 501800, 4000000 - 600)
     )
     assert ring.geometry.symmetric_difference(expected).area == 0
-    assert ring.area_m2 == expected.area and ring.pixels == expected.area / 100
+    # UTM is not equal-area: areas are geodesic (planar / 0.9992 near the central meridian)
+    true_ring, true_square = _geodesic(expected), _geodesic(shapely.box(0, 0, 100, 100))
+    assert ring.area_m2 == pytest.approx(true_ring, rel=1e-9)
+    assert ring.area_m2 / expected.area == pytest.approx(1 / 0.9996**2, rel=1e-4)
+    assert ring.pixels == expected.area / 100
     assert 0.99 <= ring.mean_prob <= 1.0 and ring.class_name == "class1"
     import geopandas as gpd
 
@@ -63,7 +68,17 @@ def test_polygons_cross_block_borders_as_one(tmp_path):
     assert gpd.read_file(result.outputs["geojson"]).crs == "EPSG:4326"
     table = {c["name"]: c for c in result.summary["classes"]}
     assert table["class1"]["objects"] == 2
-    assert table["class1"]["area_m2"] == expected.area + 100 * 100
+    assert table["class1"]["area_m2"] == pytest.approx(true_ring + true_square, rel=1e-4)
+
+
+def _geodesic(polygon: shapely.Geometry, crs: str = "EPSG:32618") -> float:
+    """pyproj.Geod area of a polygon given in ``crs`` (densified to 1 m, carried to WGS 84)."""
+    import pyproj
+
+    to_ll = pyproj.Transformer.from_crs(crs, 4326, always_xy=True)
+    dense = shapely.segmentize(polygon, 1.0)
+    ll = shapely.transform(dense, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    return abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(ll)[0])
 
 
 def _prob(result, tmp_path):
