@@ -187,12 +187,19 @@ class GeocmidCLI(LightningCLI):
 
         extra: list[Callback] = []
         monitor = monitor_of(self.model) if self.monitor == "auto" else self.monitor
-        for i, callback in enumerate(present):  # a listed RunCheckpoint: the run's folder
+        for i, callback in enumerate(present):
             if isinstance(callback, RunCheckpoint) and callback.dirpath is None:
-                wanted = callback.requested_monitor
+                wanted = callback.requested_monitor  # a listed RunCheckpoint: the run's folder
                 present[i] = best_checkpoint(
                     root, monitor if wanted == "auto" else wanted, callback.last_every_n_steps
                 )
+            elif type(callback) is ModelCheckpoint and callback.save_last:
+                # Lightning's writes last.ckpt at an epoch's end only when the monitored metric
+                # improved: a killed run would resume from an older epoch. RunCheckpoint is a
+                # ModelCheckpoint that always does (same settings, same state).
+                callback.__class__ = RunCheckpoint
+                callback.last_every_n_steps = 0  # type: ignore[attr-defined]
+                callback.requested_monitor = callback.monitor  # type: ignore[attr-defined]
         if not any(isinstance(c, ModelCheckpoint) for c in present):
             extra.append(best_checkpoint(root, monitor))
         if not any(isinstance(c, TrainingGuard) for c in present):
