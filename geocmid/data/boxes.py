@@ -134,7 +134,9 @@ def read_csv_boxes(
         crs: CRS of the output (default: the first image's).
 
     Returns:
-        GeoDataFrame with ``class_value``, ``source``, ``row`` (``"line N"``), ``image``.
+        GeoDataFrame with ``class_value``, ``source``, ``row`` (``"line N"``), ``image``;
+        ``attrs["negatives"]``: images whose only row is ``0,0,0,0`` (DeepForest's way of
+        listing an image without objects).
 
     Raises:
         DataError: empty file, missing columns, non-numeric or degenerate boxes, boxes outside
@@ -181,17 +183,26 @@ def read_csv_boxes(
                 ) from None
         label = cell(row, label_column) if label_column in col else "object"
         boxes, labels, rows = groups.setdefault(target, ([], [], []))
+        if coords == [0.0, 0.0, 0.0, 0.0]:  # DeepForest's row for an image without objects
+            continue
         boxes.append(coords)
         labels.append(label)
         rows.append(f"line {number}")
     frames = []
+    negatives: list[str] = []
     for target, (boxes, labels, rows) in groups.items():
-        grid = ImageGrid.open(target, f"{path}, {rows[0]}")
+        grid = ImageGrid.open(target, f"{path}, {rows[0] if rows else 'a 0,0,0,0 row'}")
+        if not boxes:
+            negatives.append(str(target))
+            frames.append(_frame(np.zeros((0, 4)), [], [], path, grid.crs, []))
+            continue
         array = np.asarray(boxes, dtype=np.float64)
         check_pixel_boxes(array, grid, rows, str(path))
         frame = _frame(grid.to_map(array), labels, rows, path, grid.crs, [str(target)] * len(rows))
         frames.append(frame)
-    return _concat(frames, crs)
+    out = _concat(frames, crs)
+    out.attrs["negatives"] = negatives
+    return out
 
 
 def read_voc_boxes(
@@ -204,8 +215,11 @@ def read_voc_boxes(
         image: its georeferenced image (default: ``<filename>`` next to the XML).
         crs: CRS of the output (default: the image's).
 
+    An annotation without ``<object>`` is an image without objects (a negative): the frame is
+    empty and ``frame.attrs["negatives"]`` names the image.
+
     Raises:
-        DataError: unreadable XML, no objects, a malformed or outside box (naming the object),
+        DataError: unreadable XML, a malformed or outside box (naming the object),
             image size different from ``<size>``, missing or non-georeferenced image.
     """
     path = Path(path)
@@ -218,8 +232,6 @@ def read_voc_boxes(
         raise DataError(str(path), "names no <filename>", "pass image= explicitly")
     target = Path(image) if image is not None else path.parent / str(filename).strip()
     objects = root.findall("object")
-    if not objects:
-        raise DataError(str(path), "holds no <object> boxes", "label at least one object")
     grid = ImageGrid.open(target, str(path))
     size = root.find("size")
     if size is not None and size.findtext("width") and size.findtext("height"):
@@ -243,6 +255,10 @@ def read_voc_boxes(
             raise DataError(f"{path}, {row}", "has no complete numeric <bndbox>") from None
         labels.append((obj.findtext("name") or "object").strip())
         rows.append(row)
+    if not objects:  # an image without objects: a negative (its chips teach silence)
+        out = _concat([_frame(np.zeros((0, 4)), [], [], path, grid.crs, [])], crs)
+        out.attrs["negatives"] = [str(target)]
+        return out
     array = np.asarray(boxes, dtype=np.float64)
     check_pixel_boxes(array, grid, rows, str(path))
     frame = _frame(grid.to_map(array), labels, rows, path, grid.crs, [str(target)] * len(rows))

@@ -133,6 +133,33 @@ def test_bad_box_files_name_file_and_row(tmp_path: Path) -> None:
         read_boxes(tmp_path / "e.gpkg")
 
 
+def test_images_without_objects_are_negatives(tmp_path: Path) -> None:
+    """A VOC file without <object> and DeepForest's 0,0,0,0 row name images without objects:
+    they are read (and chipped) as negatives instead of refused."""
+    with_boxes = _georef_image(tmp_path, size=200)  # 100 m wide, then the empty one east of it
+    empty = write_raster(tmp_path / "empty.tif", smooth_field((200, 200)), res=0.5,
+                         origin=(500_100.0, 5_000_000.0))  # fmt: skip
+    voc = tmp_path / "empty.xml"
+    voc.write_text("<annotation><filename>empty.tif</filename></annotation>")
+    frame = read_boxes(voc)
+    assert frame.empty and frame.attrs["negatives"] == [str(empty)]
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image_path,xmin,ymin,xmax,ymax,label\nimg.tif,10,10,30,30,Tree\n"
+                   "empty.tif,0,0,0,0,Tree\n")  # fmt: skip
+    frame = read_boxes(csv)
+    assert len(frame) == 1 and frame.attrs["negatives"] == [str(empty)]
+    dm = DetectionDataModule([str(csv)], chip_size=32, block_size=2.0)
+    dm.setup()
+    assert dm.image_entry is not None and sorted(dm.image_entry.paths) == sorted(
+        [str(empty), str(with_boxes)]
+    )
+    # a chip inside the object-free image (x 500 100-500 150 m) has no box
+    sample = dm.dataset[(slice(500_110, 500_126, 0.5), slice(4_999_960, 4_999_976, 0.5))]
+    assert sample["image"].shape[-2:] == (32, 32) and sample["bbox_xyxy"].shape == (0, 4)
+    with pytest.raises(DataError, match=r"hold no object"):
+        DetectionDataModule([str(voc)], chip_size=32).setup()
+
+
 def test_not_georeferenced_image_is_refused(shared_data: Path) -> None:
     with pytest.raises(DataError, match=r"SOAP_061\.png.*not georeferenced"):
         read_boxes(shared_data / NEON / "SOAP_061.xml")
