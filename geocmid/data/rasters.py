@@ -42,6 +42,39 @@ def open_raster(path: str | Path) -> DatasetReader:
         ) from None
 
 
+#: Blocks read per file by :func:`check_readable` (first, last and spread between).
+SAMPLE_BLOCKS = 8
+
+
+def check_readable(path: str | Path, blocks: int = SAMPLE_BLOCKS) -> None:
+    """Read a sample of ``path``'s blocks (the first, the last and some between, every band),
+    so that a truncated or corrupt file fails here with one clear line, not in the middle of
+    training or prediction.
+
+    Raises:
+        DataError: a block cannot be read (naming the file and the block).
+    """
+    with open_raster(path) as src:
+        windows = [w for _, w in src.block_windows(1)]
+        if not windows:
+            return
+        count = min(blocks, len(windows))
+        picks = sorted({round(i) for i in np.linspace(0, len(windows) - 1, count)})
+        for i in picks:
+            window = windows[i]
+            try:
+                src.read(window=window)
+            except rasterio.errors.RasterioIOError as error:
+                raise DataError(
+                    str(path),
+                    f"is truncated or corrupt: block {i + 1} of {len(windows)} (rows "
+                    f"{window.row_off}-{window.row_off + window.height}) cannot be read "
+                    f"({str(error).splitlines()[0][:120]})",
+                    "copy or download the file again, or re-export it (e.g. gdal_translate); "
+                    "check it with gdalinfo -checksum",
+                ) from None
+
+
 def georeferencing_kind(src: DatasetReader) -> str:
     """How an open raster is placed on the ground.
 

@@ -9,7 +9,10 @@ else its finest band file, else its first file), and bitemporal dates overlap.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyogrio
 import shapely
@@ -26,7 +29,13 @@ from geocmid.data.catalog.schema import (
     VectorLabelsEntry,
 )
 from geocmid.data.catalog.store import Catalog
-from geocmid.data.rasters import RasterInfo, parse_crs, raster_info, refuse_unwarped
+from geocmid.data.rasters import (
+    RasterInfo,
+    check_readable,
+    parse_crs,
+    raster_info,
+    refuse_unwarped,
+)
 from geocmid.data.sources import (
     Grid,
     file_date,
@@ -48,6 +57,8 @@ class EntryReport:
 
 def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
     infos = [raster_info(f) for f in entry.files()]
+    for info in infos:
+        check_readable(info.path)
     expected = 1 if entry.band_files else len(entry.bands)
     for info in infos:
         if info.count != expected:
@@ -140,6 +151,8 @@ def check_aligned(infos: list[RasterInfo], reference: ImageryEntry) -> None:
 def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) -> list[RasterInfo]:
     infos = [raster_info(f) for f in entry.files()]
     for info in infos:
+        check_readable(info.path)
+    for info in infos:
         if info.count != 1:
             raise DataError(str(info.path), f"label rasters need 1 band, this one has {info.count}")
     if entry.align_with:
@@ -185,8 +198,60 @@ def validate_vector_labels(entry: VectorLabelsEntry) -> list[dict]:
             )
         if not info.get("crs"):
             raise DataError(str(path), "has no CRS", "assign one in QGIS or with ogr2ogr -a_srs")
+        if entry.class_attribute:
+            check_class_values(path, entry)
         infos.append({"path": path, **info})
     return infos
+
+
+def _is_class_value(value: object) -> bool:
+    """An integer class value: an int, a float with no fraction (GPKG/Shapefile reals) or a
+    text of an integer (a text column holding codes)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        try:
+            int(value.strip())
+        except ValueError:
+            return False
+        return True
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
+def check_class_values(path: Path, entry: VectorLabelsEntry) -> None:
+    """Every feature's class attribute holds an integer class value (what is burnt into the
+    label raster), else one error naming the file, the column, the offending values and their
+    counts, and the fix.
+
+    Raises:
+        DataError: some values are text, fractional or otherwise not class values.
+    """
+    import pandas as pd
+
+    column = str(entry.class_attribute)
+    frame = pyogrio.read_dataframe(path, layer=entry.layer, columns=[column], read_geometry=False)
+    values = frame[column]
+    present = values[values.notna()]
+    bad = present[[not _is_class_value(v) for v in present.tolist()]]
+    if bad.empty:
+        return
+    counts = pd.Series([repr(v) for v in bad.tolist()]).value_counts()
+    shown = ", ".join(f"{v} ({n}x)" for v, n in counts.head(5).items())
+    more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+    names = {c.name: c.value for c in entry.classes}
+    named = [v for v in counts.index if v.strip("'\"") in names]
+    table = ", ".join(f"{k} -> {v}" for k, v in names.items())
+    hint = f"; these are class names: recode them to their values ({table})" if named else ""
+    raise DataError(
+        str(path),
+        f"attribute '{column}' holds {len(bad)} value(s) of {len(values)} that are not integer "
+        f"class values: {shown}{more}{hint}",
+        f"make '{column}' an integer column holding the class values of {entry.where} "
+        f"({sorted(names.values())}), e.g. in QGIS's field calculator, or point "
+        "'class_attribute' at the column that holds them",
+    )
 
 
 def footprint_in(
