@@ -573,15 +573,6 @@ def _label_path(entry: Any, image: Path) -> Path:
     return (root.joinpath(*parts)).with_suffix(LABEL_SUFFIX[entry.format])
 
 
-def _class_file(entry: Any) -> Any:
-    raw = entry.classes
-    if isinstance(raw, str):
-        for base in (entry.root_path, entry.base_dir):
-            if (base / raw).is_file():
-                return base / raw
-    return raw
-
-
 def read_detection_folder(entry: Any) -> DetectionFolder:
     """Read a ``detection_folder`` catalog entry: images, their objects, splits, class names.
 
@@ -594,8 +585,8 @@ def read_detection_folder(entry: Any) -> DetectionFolder:
             (``missing_labels: error``), a class not in ``classes``.
     """
     fmt = entry.format
-    names = class_names_from(_class_file(entry), f"{entry.where}, key 'classes'")
-    lookup = token_lookup(names, fmt)
+    lookup = entry.class_tokens
+    names = [c.name for c in entry.classes] or None
     images = _find_images(entry)
     split_of, notes = _splits(entry, images)
     table: dict[str, tuple[np.ndarray, list[str], list[str]]] = {}
@@ -657,12 +648,7 @@ def read_detection_folder(entry: Any) -> DetectionFolder:
     if dropped:
         notes.append(f"{dropped} object(s) lying wholly outside their image are left out")
     found = sorted({c for r in records for c in r.classes})
-    if isinstance(names, dict):
-        order = list(dict.fromkeys(names.values()))
-    elif isinstance(names, list):
-        order = names
-    else:
-        order = found
+    order = names or found
     unknown = [c for c in found if c not in order]
     if unknown:
         first = next(r for r in records if unknown[0] in r.classes)

@@ -537,7 +537,11 @@ class DetectionFolderEntry(ChipEntry):
     image_dir: str = "images"
     label_dir: str = "labels"
     labels: str | None = None
-    classes: Any = None
+    #: class names in detector label order (``value``: the id written in YOLO / NWPU files,
+    #: else the position 1..K); empty: the names found in the label files, sorted
+    classes: list[ClassInfo] = field(default_factory=list)
+    #: ``{id as written in the label files: name}`` (YOLO / NWPU, or ``{id: name}`` given)
+    class_tokens: dict[str, str] | None = None
     columns: dict[str, str] = field(default_factory=dict)
     difficult: str = "ignore"
     missing_labels: str = "error"
@@ -559,7 +563,7 @@ class DetectionFolderEntry(ChipEntry):
         if self.format in TABLE_FORMATS and not self.labels:
             raise self.error("labels", f"{self.format} needs the table of objects",
                              "labels: annotations.csv (relative to root)")  # fmt: skip
-        self.classes = values.get("classes")
+        self._parse_classes(values.get("classes"))
         self.columns = {str(k): str(v) for k, v in (values.get("columns") or {}).items()}
         self.difficult = str(values.get("difficult") or "ignore").lower()
         if self.difficult not in DIFFICULT_POLICIES:
@@ -572,6 +576,28 @@ class DetectionFolderEntry(ChipEntry):
         self.missing_labels = str(values.get("missing_labels") or default).lower()
         if self.missing_labels not in ("error", "negative"):
             raise self.error("missing_labels", f"{self.missing_labels!r} is not error or negative")
+
+    def _parse_classes(self, raw: Any) -> None:
+        """A list, ``{id: name}`` or a dataset YAML (``names``; relative to root, else to the
+        entry's folder) → :attr:`classes` and :attr:`class_tokens`."""
+        from geocmid.data.boxformats import class_names_from, token_lookup
+
+        if isinstance(raw, str) and not (self.root_path / raw).is_file():
+            raw = str(self.base_dir / raw)
+        elif isinstance(raw, str):
+            raw = str(self.root_path / raw)
+        names = class_names_from(raw, f"{self.where}, key 'classes'")
+        self.class_tokens = token_lookup(names, self.format)
+        if isinstance(names, dict):
+            ordered = list(dict.fromkeys(names.values()))
+        else:
+            ordered = list(names or [])
+        ids = {n: t for t, n in (self.class_tokens or {}).items()}
+        self.classes = [
+            ClassInfo(int(ids[n]) if ids.get(n, "").lstrip("-").isdigit() else k, n,
+                      default_color(k - 1))
+            for k, n in enumerate(ordered, start=1)
+        ]  # fmt: skip
 
     def read(self) -> Any:
         """Every image with its objects: a :class:`geocmid.data.boxformats.DetectionFolder`."""
