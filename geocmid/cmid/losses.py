@@ -121,8 +121,10 @@ class MoCoQueueLoss(nn.Module):
     ``gather_distributed=True``: keys are all-gathered exactly once per step, and the queue starts
     as random vectors normalised along the feature axis.
 
-    Note: lightly keeps the queue as a non-persistent buffer, so it is not in checkpoints; after a
-    resume it refills within ``size / (2·global batch)`` steps.
+    lightly registers the queue (``bank``) and its write position (``bank_ptr``) as
+    non-persistent buffers; here they are made persistent, so checkpoints carry them and a
+    resumed run continues with the queue it had. A checkpoint without them (geocmid ≤ 0.x)
+    loads with a fresh random queue.
 
     Args:
         size: queue length K (65,536).
@@ -134,6 +136,21 @@ class MoCoQueueLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
         self.queue = MemoryBankModule((size, dim), gather_distributed=True, feature_dim_first=False)
+        # lightly ≥ 1.5 keeps these out of the state dict; the resume must not lose them
+        self.queue._non_persistent_buffers_set.discard("bank")
+        self.queue._non_persistent_buffers_set.discard("bank_ptr")
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:  # fmt: skip
+        for name in ("bank", "bank_ptr"):  # checkpoints written before the queue was saved
+            key = f"{prefix}queue.{name}"
+            if key not in state_dict:
+                state_dict[key] = getattr(self.queue, name).detach().clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
         """Args: ``q*`` student ``[B, D]`` and ``k*`` teacher ``[B, D]``, all L2-normalised."""
@@ -178,17 +195,33 @@ def gather_tokens(feats: Tensor, idx: Tensor) -> Tensor:
     return picked.reshape(-1, c)
 
 
+def dino_cross_entropy(
+    student: Tensor, teacher: Tensor, center: Tensor, student_temp: float, teacher_temp: float
+) -> Tensor:
+    """``mean_rows Σ_K −softmax((z_t − c)/τ_t) · log softmax(z_s/τ_s)`` (spec §4.3.4), fp32.
+
+    Args:
+        student: ``[T, K]`` student logits (row i ↔ row i of ``teacher``).
+        teacher: ``[T, K]`` teacher logits (no gradient).
+        center: ``[1, 1, K]`` or ``[K]`` centre ``c``.
+    """
+    p_t = F.softmax((teacher.float().detach() - center.reshape(1, -1)) / teacher_temp, dim=-1)
+    log_p_s = F.log_softmax(student.float() / student_temp, dim=-1)
+    return -(p_t * log_p_s).sum(dim=-1).mean()
+
+
 class DenseDistillLoss(nn.Module):
-    """Symmetrised DINO cross-entropy on position-matched tokens (spec §4.3), via lightly.
+    """Symmetrised DINO cross-entropy on position-matched tokens (spec §4.3).
 
     For the pairs A = (student masked view 1, teacher view 2) and B = (student masked view 2,
     teacher view 1), each with matched tokens flattened into the batch (``[B·k, K]`` logits):
     ``ℓ = mean_rows Σ_K −softmax((z_t − c)/τ_t) · log softmax(z_s/τ_s)`` and
-    ``L_loc = ½(ℓ_A + ℓ_B)``. lightly's DINOLoss with teacher list ``[t_A, t_B]`` and student list
-    ``[s_B, s_A]`` computes exactly the two cross terms (its diagonal is dropped).
+    ``L_loc = ½(ℓ_A + ℓ_B)``.
 
-    Centre: ``c ← m·c + (1 − m)·mean(z_t)`` over both pairs' teacher logits, all-reduced across
-    ranks, **once** per step (the official code updates once per pair, i.e. twice per step).
+    Centre: as the authors' code, **once per pair**: ``ℓ_A`` is computed with ``c``, then
+    ``c ← m·c + (1 − m)·mean(z_t,A)``; ``ℓ_B`` uses that centre and updates it again with
+    ``z_t,B``. The update is lightly's ``DINOLoss.update_center`` (all-reduced across ranks).
+    The centre is a persistent buffer (checkpoints carry it).
 
     Args:
         num_prototypes: K (2048).
@@ -200,6 +233,7 @@ class DenseDistillLoss(nn.Module):
         self, num_prototypes: int = 2048, student_temp: float = 0.1, center_momentum: float = 0.9
     ) -> None:
         super().__init__()
+        self.student_temp = student_temp
         self.dino = DINOLoss(
             output_dim=num_prototypes,
             warmup_teacher_temp=0.04,
@@ -214,6 +248,16 @@ class DenseDistillLoss(nn.Module):
         """``[1, 1, K]`` running centre of the teacher logits."""
         return self.dino.center
 
+    def pair(self, student: Tensor, teacher: Tensor, teacher_temp: float) -> Tensor:
+        """``ℓ`` of one (student, teacher) pair with the current centre, then the centre update."""
+        with _no_autocast(student):
+            loss = dino_cross_entropy(
+                student, teacher, self.center, self.student_temp, teacher_temp
+            )
+            if self.training:
+                self.dino.update_center(teacher.float().detach()[None])
+        return loss
+
     def forward(
         self,
         student_a: Tensor,
@@ -223,9 +267,6 @@ class DenseDistillLoss(nn.Module):
         teacher_temp: float,
     ) -> Tensor:
         """Each argument is ``[T, K]`` logits; row i of student_x ↔ row i of teacher_x."""
-        with _no_autocast(student_a):
-            return self.dino(
-                [teacher_a.float().detach(), teacher_b.float().detach()],
-                [student_b.float(), student_a.float()],
-                teacher_temp=teacher_temp,
-            )
+        loss_a = self.pair(student_a, teacher_a, teacher_temp)
+        loss_b = self.pair(student_b, teacher_b, teacher_temp)
+        return 0.5 * (loss_a + loss_b)

@@ -3,15 +3,14 @@
 Typical use from a Lightning task::
 
     model = CMIDModel("resnet50", in_chans=4, chip_size=224, **paper_settings())
-    views = model.view_transform(rgb_indices=[0, 1, 2])  # on_after_batch_transfer
-    losses = model.forward_losses(views(batch), epoch)    # training_step → losses["loss"]
+    views = model.view_transform(rgb_indices=[0, 1, 2])  # in training_step
+    losses = model.forward_losses(views(batch), teacher_temp)  # → losses["loss"]
     model.update_teacher(momentum_at(global_step, total_steps))  # on_train_batch_end, after step
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geocmid.cmid.ema import ema_update, teacher_temperature
+from geocmid.cmid.derive import CMIDGeometry, derive_geometry
+from geocmid.cmid.ema import ema_update
 from geocmid.cmid.heads import DenseDINOHead, PixelShuffleDecoder, moco_projector
 from geocmid.cmid.losses import (
     DenseDistillLoss,
@@ -30,8 +30,7 @@ from geocmid.cmid.losses import (
 )
 from geocmid.cmid.masking import upsample_mask
 from geocmid.cmid.views import CMIDViewTransform, Photometric
-from geocmid.errors import ConfigError
-from geocmid.models.backbones import GEOMETRY, Backbone, create_backbone, family_of
+from geocmid.models.backbones import Backbone, create_backbone, family_of
 from geocmid.models.masked import MaskedBackbone
 
 
@@ -50,25 +49,29 @@ class CMIDModel(nn.Module):
     Args:
         backbone_name: ``resnet18/34/50/101``, ``swin_tiny/small/base``, ``vit_small/base``.
         in_chans: number of bands.
-        chip_size: square chip size in pixels; must be a multiple of ``mask_block`` and of the
-            backbone stride (32 ResNet/Swin, 16 ViT).
+        chip_size: square chip size in pixels; must be a multiple of the backbone stride (32
+            ResNet/Swin, 16 ViT) and of ``mask_block``.
         pretrained_path: optional weights for the student backbone (the teacher copies them).
-        mask_ratio: fraction of mask blocks.
-        mask_block: mask block size in pixels.
+        mask_ratio: fraction of the chip masked.
+        mask_block: mask block size in pixels; None derives it from the chip so the masked
+            fraction stays at ``mask_ratio`` (:func:`~geocmid.cmid.derive.derive_geometry`).
         queue_size: MoCo queue length.
         proj_hidden, proj_dim: MoCo projector sizes.
         temperature: InfoNCE temperature.
         head_hidden, head_bottleneck, num_prototypes: dense DINO head sizes.
-        num_matches: matched cells per image for the local loss.
+        match_fraction: matched share of the feature grid when ``num_matches`` is None.
+        num_matches: matched cells per image for the local loss (None: ``match_fraction``).
         student_temp: DINO student temperature.
-        teacher_temp: (start, end) of the teacher temperature warmup.
-        teacher_temp_warmup_epochs: epochs of that warmup.
         center_momentum: DINO centre momentum.
         focal_alpha, focal_gamma: focal-L1 α, γ.
         fft_weight: focal-frequency weight.
         backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
 
+    The teacher temperature is a schedule of the run, so it is an argument of
+    :meth:`forward_losses` (the task computes it per step).
+
     Attributes:
+        geometry: the mask and match geometry (:class:`~geocmid.cmid.derive.CMIDGeometry`).
         student: :class:`MaskedBackbone` (export ``student.backbone``).
         teacher: plain :class:`Backbone`, EMA of the student, no gradients.
     """
@@ -81,7 +84,7 @@ class CMIDModel(nn.Module):
         pretrained_path: str | None = None,
         *,
         mask_ratio: float,
-        mask_block: int,
+        mask_block: int | None,
         queue_size: int,
         proj_hidden: int,
         proj_dim: int,
@@ -89,10 +92,9 @@ class CMIDModel(nn.Module):
         head_hidden: int,
         head_bottleneck: int,
         num_prototypes: int,
-        num_matches: int,
+        match_fraction: float,
+        num_matches: int | None,
         student_temp: float,
-        teacher_temp: tuple[float, float],
-        teacher_temp_warmup_epochs: int,
         center_momentum: float,
         focal_alpha: float,
         focal_gamma: float,
@@ -100,17 +102,17 @@ class CMIDModel(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_chip_size(chip_size, mask_block, family_of(backbone_name))
+        self.geometry: CMIDGeometry = derive_geometry(
+            chip_size, family_of(backbone_name), mask_ratio, mask_block, match_fraction, num_matches
+        )
         student = create_backbone(
             backbone_name, in_chans, pretrained_path, img_size=chip_size, **(backbone_kwargs or {})
         )
         self.chip_size = chip_size
         self.in_chans = in_chans
         self.mask_ratio = mask_ratio
-        self.mask_block = mask_block
-        self.num_matches = num_matches
-        self.teacher_temp_range = teacher_temp
-        self.teacher_temp_warmup_epochs = teacher_temp_warmup_epochs
+        self.mask_block = self.geometry.mask_block
+        self.num_matches = self.geometry.num_matches
         self.focal_alpha, self.focal_gamma, self.fft_weight = focal_alpha, focal_gamma, fft_weight
 
         c = student.out_channels
@@ -158,11 +160,6 @@ class CMIDModel(nn.Module):
             photometric=Photometric(rgb_indices=rgb_indices, **photometric),
         )
 
-    def teacher_temperature(self, epoch: int) -> float:
-        """Teacher temperature for a 0-based ``epoch`` (0.04 → 0.07 over 50 epochs)."""
-        start, end = self.teacher_temp_range
-        return teacher_temperature(epoch, start, end, self.teacher_temp_warmup_epochs)
-
     def _ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [
             (self.student.backbone, self.teacher),
@@ -176,18 +173,24 @@ class CMIDModel(nn.Module):
         ema_update(self._ema_pairs(), momentum)
 
     # ----------------------------------------------------------------------------------------
-    def forward_losses(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+    def forward_losses(self, batch: dict[str, Tensor], teacher_temp: float) -> dict[str, Tensor]:
         """All CMID loss terms for one two-view batch (spec §6).
 
         Args:
             batch: output of :meth:`view_transform` (keys ``img, mim_img, mask, view,
                 view_mim_img, view_mask, grid, view_grid`` and optionally ``valid, view_valid``).
-            epoch: 0-based epoch, selects the teacher temperature.
+            teacher_temp: DINO teacher temperature of this step (> 0; the task's schedule,
+                :func:`~geocmid.cmid.derive.teacher_temperature_at`).
 
         Returns:
             dict of scalars: ``loss_rec``, ``loss_fft``, ``loss_mim`` (= ½ Σ_views (rec + fft)),
             ``loss_global``, ``loss_local`` and ``loss`` = mim + global + local.
         """
+        if isinstance(teacher_temp, int) or not teacher_temp > 0:
+            raise ValueError(
+                f"teacher_temp must be a positive temperature (float), got {teacher_temp!r}; "
+                "forward_losses no longer takes an epoch"
+            )
         x1, x2 = batch["img"], batch["view"]
         m1, m2 = batch["mask"], batch["view_mask"]
         ts = self.student.token_stride
@@ -229,7 +232,7 @@ class CMIDModel(nn.Module):
             teacher_a = self.teacher_local_head(gather_tokens(g2, t2_idx))
             teacher_b = self.teacher_local_head(gather_tokens(g1, t1_idx))
         loss_local = self.local_loss(
-            student_a, teacher_a, student_b, teacher_b, self.teacher_temperature(epoch)
+            student_a, teacher_a, student_b, teacher_b, float(teacher_temp)
         )
 
         loss_mim = loss_rec + loss_fft
@@ -243,21 +246,9 @@ class CMIDModel(nn.Module):
         }
 
 
-def _check_chip_size(size: int, block: int, family: str) -> None:
-    """Raise :class:`ConfigError` unless ``size`` fits the mask block and the backbone stride."""
-    stride, token_stride = GEOMETRY[family]
-    need = math.lcm(block, stride)
-    if block <= 0 or block % token_stride:
-        raise ConfigError(
-            "setting 'mask_block'",
-            f"mask block {block} px is not a multiple of the {family} token stride "
-            f"({token_stride} px)",
-            f"use a mask block that is a multiple of {token_stride}, e.g. 32",
-        )
-    if size <= 0 or size % need:
-        raise ConfigError(
-            "setting 'chip_size'",
-            f"chip size {size} px is not a multiple of {need} px (mask block {block} px, "
-            f"{family} output stride {stride} px)",
-            f"use a chip size divisible by {need}, e.g. {max(need, round(size / need) * need)}",
-        )
+def _check_chip_size(size: int, block: int | None, family: str, mask_ratio: float = 0.6) -> None:
+    """:class:`~geocmid.errors.ConfigError` unless ``size`` fits the stride and the mask geometry.
+
+    ``block=None`` checks that a mask block can be derived (:func:`derive_geometry`).
+    """
+    derive_geometry(size, family, mask_ratio, block)

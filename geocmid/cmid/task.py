@@ -44,6 +44,15 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
 
+from geocmid.cmid.derive import (
+    EMA_HORIZON_FRACTION,
+    PAPER_MATCH_FRACTION,
+    PAPER_TEACHER_TEMP_WARMUP_FRACTION,
+    PAPER_WARMUP_FRACTION,
+    CMIDSchedule,
+    derive_schedule,
+    teacher_temperature_at,
+)
 from geocmid.cmid.ema import momentum_at
 from geocmid.cmid.model import CMIDModel, _check_chip_size
 from geocmid.cmid.views import CMIDViewTransform
@@ -56,10 +65,19 @@ OPTIMIZERS = ("adan", "adamw")
 #: Arguments passed on to :class:`~geocmid.cmid.model.CMIDModel` (the method's settings).
 METHOD_ARGS = (
     "mask_ratio", "mask_block", "queue_size", "proj_hidden", "proj_dim", "temperature",
-    "head_hidden", "head_bottleneck", "num_prototypes", "num_matches", "student_temp",
-    "teacher_temp", "teacher_temp_warmup_epochs", "center_momentum", "focal_alpha",
-    "focal_gamma", "fft_weight",
+    "head_hidden", "head_bottleneck", "num_prototypes", "match_fraction", "num_matches",
+    "student_temp", "center_momentum", "focal_alpha", "focal_gamma", "fft_weight",
 )  # fmt: skip
+
+#: Schedule arguments (counted in optimizer steps, epochs or shares of the run).
+SCHEDULE_ARGS = (
+    "teacher_temp", "teacher_temp_warmup_steps", "teacher_temp_warmup_epochs",
+    "teacher_temp_warmup_fraction", "ema_momentum", "ema_horizon_fraction", "warmup_steps",
+    "warmup_epochs", "warmup_fraction",
+)  # fmt: skip
+
+#: Parameter names never weight-decayed besides ≤ 1-D ones (ViT position embedding and tokens).
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token")
 
 #: Arguments the data decide; left unset (None) they are filled from ``trainer.datamodule``.
 DATA_ARGS = (
@@ -86,14 +104,17 @@ def lr_factor(
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into decayed (≥ 2-D) and not decayed (≤ 1-D: biases, norms).
+    """Trainable parameters split into decayed and not decayed ones.
 
-    As timm's ``filter_bias_and_bn``: the mask token is 4-D, so it *is* decayed (spec §5).
+    Not decayed: ≤ 1-D parameters (biases, norms; timm's ``filter_bias_and_bn``, spec §5) and the
+    ViT position embedding and class/register tokens (:data:`NO_DECAY_NAMES`, timm's
+    ``no_weight_decay``). The CNN/Swin mask token is 4-D, so it *is* decayed, as the authors'.
     """
     decay, no_decay = [], []
-    for p in module.parameters():
+    for name, p in module.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            leaf = name.rsplit(".", 1)[-1]
+            (no_decay if p.ndim <= 1 or leaf in NO_DECAY_NAMES else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -119,24 +140,34 @@ def ema_foreach(model: CMIDModel, momentum: float) -> None:
 def check_chip_size(
     backbone: str,
     chip_size: int | None,
-    mask_block: int,
+    mask_block: int | None,
     chip_key: str = "data.init_args.chip_size",
     block_key: str = f"{MODEL_KEY}.mask_block",
+    mask_ratio: float = 0.6,
 ) -> None:
-    """:class:`ConfigError` naming the setting unless the chip fits the mask block and stride.
+    """:class:`ConfigError` naming the setting unless the chip fits the mask geometry and stride.
 
-    The chip edge (pixels) must be a multiple of the mask block and of the backbone's output
-    stride (32 ResNet/Swin, 16 ViT); the mask block a multiple of the token stride (4 / 16 px).
-    With ``chip_size=None`` only the mask block is checked. ``chip_key`` / ``block_key`` are the
-    config keys named in the error.
+    The chip edge (pixels) must be a multiple of the backbone's output stride (32 ResNet/Swin,
+    16 ViT) and of the mask block; the mask block a multiple of the token stride (4 / 16 px) and
+    masking ``mask_ratio`` of the chip (:func:`~geocmid.cmid.derive.derive_geometry`);
+    ``mask_block=None`` checks that one can be derived. With ``chip_size=None`` only the mask
+    block is checked. ``chip_key`` / ``block_key`` are the config keys named in the error.
     """
     family = family_of(backbone)
-    # the one rule lives in the model; a placeholder chip size checks the mask block alone
-    size = chip_size if chip_size is not None else mask_block * 32  # fits any valid block
+    if chip_size is None:
+        if mask_block is None:
+            return
+        # a placeholder chip of 10 × 10 blocks checks the mask block alone
+        size = math.lcm(int(mask_block), 32) * 10
+        mask_ratio = 0.6
+    else:
+        size = chip_size
     try:
-        _check_chip_size(size, mask_block, family)
+        _check_chip_size(size, mask_block, family, mask_ratio)
     except ConfigError as error:
         key = block_key if error.where.endswith("'mask_block'") else chip_key
+        if error.where.endswith("'mask_ratio'"):
+            key = f"{MODEL_KEY}.mask_ratio"
         raise ConfigError(f"setting '{key}'", error.problem, error.fix) from None
 
 
@@ -259,8 +290,10 @@ class CMIDTask(BaseTask):
         gsd: (data) ground sampling distance, CRS units per pixel (model card).
         data: (data) name of the pretraining data (model card provenance).
         pretrained: weight file to start the student (and teacher) from.
-        mask_ratio: fraction of masked blocks.
-        mask_block: mask block edge in px (a multiple of the token stride).
+        mask_ratio: fraction of the chip masked (the paper's 0.6).
+        mask_block: mask block edge in px; unset: derived from the chip and the token stride so
+            the masked fraction stays within 3 points of mask_ratio (32 at 224 px, 24 at 96,
+            16 at 64; geocmid.cmid.derive).
         queue_size: MoCo key queue length.
         proj_hidden: MoCo projector hidden size.
         proj_dim: MoCo embedding size.
@@ -268,16 +301,23 @@ class CMIDTask(BaseTask):
         head_hidden: dense DINO head hidden size.
         head_bottleneck: dense DINO head bottleneck size.
         num_prototypes: dense DINO prototypes.
-        num_matches: position-matched cells per image (local loss).
+        match_fraction: share of the feature grid position-matched per image (local loss);
+            the paper's 20 of 7×7.
+        num_matches: matched cells per image; unset: match_fraction of the grid.
         student_temp: DINO student temperature.
-        teacher_temp: DINO teacher temperature, [start, end] of its warmup.
-        teacher_temp_warmup_epochs: epochs of the teacher temperature warmup.
+        teacher_temp: DINO teacher temperature, [start, end] of its linear warmup.
+        teacher_temp_warmup_fraction: teacher temperature warmup as a share of the run's
+            optimizer steps (the paper's 50 of 200 epochs).
+        teacher_temp_warmup_steps: the warmup in optimizer steps (wins over the others).
+        teacher_temp_warmup_epochs: the warmup in epochs (wins over the fraction).
         center_momentum: DINO centre momentum.
         focal_alpha: focal-L1 alpha.
         focal_gamma: focal-L1 gamma.
         fft_weight: focal frequency loss weight.
         drop_path_rate: stochastic depth of Swin / ViT (paper: 0; ResNets ignore it).
-        ema_momentum: EMA teacher momentum, [start, end] of its cosine over all steps.
+        ema_momentum: EMA teacher momentum, [start, end] of its cosine over all steps; unset:
+            [min(0.996, 1 − 1/(ema_horizon_fraction × total steps)), 1] (0.996: the paper's).
+        ema_horizon_fraction: longest teacher averaging window 1/(1 − τ) as a share of the run.
         photometric: overrides of geocmid.cmid.views.Photometric (view-2 augmentation).
         optimizer: adan (timm Adan, betas 0.98/0.92/0.99: the paper's) or adamw.
         base_lr: lr per lr_reference_batch images: the lr used is base_lr × global batch /
@@ -286,7 +326,10 @@ class CMIDTask(BaseTask):
         batch_size: (data) per-device batch, for the lr scaling.
         weight_decay: decoupled weight decay of >= 2-D parameters (not biases and norms).
         betas: optimizer betas (default: the optimizer's own).
-        warmup_epochs: linear lr warmup in epochs (fractions allowed), from warmup_start × lr.
+        warmup_fraction: linear lr warmup (from warmup_start × lr) as a share of the run's
+            optimizer steps (the paper's 10 of 200 epochs).
+        warmup_steps: the lr warmup in optimizer steps (wins over the others).
+        warmup_epochs: the lr warmup in epochs, fractions allowed (wins over the fraction).
         warmup_start: warmup start factor.
         min_lr: final lr of the cosine schedule.
         view_seed: seed of crops, flips, masks and augmentation (each rank derives its own);
@@ -311,7 +354,7 @@ class CMIDTask(BaseTask):
         data: str | None = None,
         pretrained: str | None = None,
         mask_ratio: float = 0.6,
-        mask_block: int = 32,
+        mask_block: int | None = None,
         queue_size: int = 65536,
         proj_hidden: int = 2048,
         proj_dim: int = 256,
@@ -319,16 +362,20 @@ class CMIDTask(BaseTask):
         head_hidden: int = 2048,
         head_bottleneck: int = 256,
         num_prototypes: int = 2048,
-        num_matches: int = 20,
+        match_fraction: float = PAPER_MATCH_FRACTION,
+        num_matches: int | None = None,
         student_temp: float = 0.1,
         teacher_temp: tuple[float, float] = (0.04, 0.07),
-        teacher_temp_warmup_epochs: int = 50,
+        teacher_temp_warmup_fraction: float = PAPER_TEACHER_TEMP_WARMUP_FRACTION,
+        teacher_temp_warmup_steps: int | None = None,
+        teacher_temp_warmup_epochs: float | None = None,
         center_momentum: float = 0.9,
         focal_alpha: float = 0.2,
         focal_gamma: float = 1.0,
         fft_weight: float = 1.0,
         drop_path_rate: float = 0.0,
-        ema_momentum: tuple[float, float] = (0.996, 1.0),
+        ema_momentum: tuple[float, float] | None = None,
+        ema_horizon_fraction: float = EMA_HORIZON_FRACTION,
         photometric: dict[str, Any] | None = None,
         optimizer: str = "adan",
         base_lr: float = 4e-3,
@@ -336,7 +383,9 @@ class CMIDTask(BaseTask):
         batch_size: int | None = None,
         weight_decay: float = 0.02,
         betas: list[float] | None = None,
-        warmup_epochs: float = 10,
+        warmup_fraction: float = PAPER_WARMUP_FRACTION,
+        warmup_steps: int | None = None,
+        warmup_epochs: float | None = None,
         warmup_start: float = 0.01,
         min_lr: float = 1e-6,
         view_seed: int | None = None,
@@ -354,7 +403,7 @@ class CMIDTask(BaseTask):
         except ConfigError as error:
             raise ConfigError(f"setting '{MODEL_KEY}.backbone'", error.problem, error.fix) from None
         for key, value in (("teacher_temp", teacher_temp), ("ema_momentum", ema_momentum)):
-            if len(value) != 2:
+            if value is not None and len(value) != 2:
                 raise ConfigError(
                     f"setting '{MODEL_KEY}.{key}'", f"needs two values [start, end], got {value}"
                 )
@@ -369,7 +418,8 @@ class CMIDTask(BaseTask):
         self.last_views: dict[str, Tensor] | None = None  # last batch, for quick-looks / health
         self._generator: torch.Generator | None = None
         self._ema_step = -1
-        self.ema_tau = float(ema_momentum[0])
+        self.ema_tau = float(ema_momentum[0]) if ema_momentum is not None else 0.996
+        self.schedule: CMIDSchedule | None = None  # derived in configure_optimizers
         super().__init__()
 
     # ------------------------------------------------------------------------------------------
@@ -383,8 +433,9 @@ class CMIDTask(BaseTask):
         self._absorb_model_kwargs()
         hp = self.hparams
         check_chip_size(
-            hp["backbone"], hp["chip_size"], hp["mask_block"], chip_key=f"{MODEL_KEY}.chip_size"
-        )
+            hp["backbone"], hp["chip_size"], hp["mask_block"], chip_key=f"{MODEL_KEY}.chip_size",
+            mask_ratio=hp["mask_ratio"],
+        )  # fmt: skip
         if hp["in_chans"] is not None and hp["chip_size"] is not None:
             self._build()
 
@@ -396,7 +447,7 @@ class CMIDTask(BaseTask):
         backbone_kwargs = legacy.pop("backbone_kwargs", None) or {}
         if "drop_path_rate" in backbone_kwargs:
             legacy["drop_path_rate"] = backbone_kwargs["drop_path_rate"]
-        unknown = sorted(set(legacy) - {*METHOD_ARGS, "drop_path_rate"})
+        unknown = sorted(set(legacy) - {*METHOD_ARGS, *SCHEDULE_ARGS, "drop_path_rate"})
         if unknown:
             raise ConfigError(
                 f"setting '{MODEL_KEY}.model_kwargs'",
@@ -463,7 +514,7 @@ class CMIDTask(BaseTask):
         chip_key = "data.init_args.chip_size" if datamodule is not None else None
         check_chip_size(
             self.hparams["backbone"], self.hparams["chip_size"], self.hparams["mask_block"],
-            chip_key=chip_key or f"{MODEL_KEY}.chip_size",
+            chip_key=chip_key or f"{MODEL_KEY}.chip_size", mask_ratio=self.hparams["mask_ratio"],
         )  # fmt: skip
         self._build()
 
@@ -533,7 +584,7 @@ class CMIDTask(BaseTask):
         """All CMID losses of one batch; returns the total loss."""
         if "img" not in batch:
             batch = self.make_views(batch)
-        losses = self.model.forward_losses(batch, self.current_epoch)
+        losses = self.model.forward_losses(batch, self.teacher_temperature())
         self.last_views = batch
         bs = batch["img"].shape[0]
         self.log_dict(
@@ -546,7 +597,7 @@ class CMIDTask(BaseTask):
             {
                 "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
                 "train/ema_momentum": self.ema_tau,
-                "train/teacher_temp": self.model.teacher_temperature(self.current_epoch),
+                "train/teacher_temp": self.teacher_temperature(),
             },
             on_step=True, on_epoch=False, batch_size=bs,
         )  # fmt: skip
@@ -556,9 +607,8 @@ class CMIDTask(BaseTask):
         """EMA teacher update, after ``optimizer.step()`` and only when the optimizer stepped."""
         step = self.trainer.global_step
         if step > self._ema_step:
-            start, end = self.hparams["ema_momentum"]
-            total = max(int(self.trainer.estimated_stepping_batches), 1)
-            self.ema_tau = momentum_at(step - 1, total, float(start), float(end))
+            sched = self.run_schedule()
+            self.ema_tau = momentum_at(step - 1, sched.total_steps, sched.ema_start, sched.ema_end)
             ema_foreach(self.model, self.ema_tau)
             self._ema_step = step
 
@@ -592,9 +642,9 @@ class CMIDTask(BaseTask):
             opt = Adan(groups, lr=lr, **({"betas": betas} if betas else {}), eps=1e-8)
         else:
             opt = AdamW(groups, lr=lr, **({"betas": betas} if betas else {}))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else 1
-        warmup = round(hp["warmup_epochs"] * total / epochs)
+        self.schedule = None
+        sched = self.run_schedule()
+        total, warmup = sched.total_steps, sched.warmup_steps
         min_lr, start = min(hp["min_lr"], lr), hp["warmup_start"]
 
         def factor(step: int) -> float:
@@ -602,6 +652,37 @@ class CMIDTask(BaseTask):
 
         sched = LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def run_schedule(self) -> CMIDSchedule:
+        """Warm-ups and EMA momenta of this run in optimizer steps (derived once per fit).
+
+        From the trainer's ``estimated_stepping_batches`` and the task's schedule arguments
+        (:func:`~geocmid.cmid.derive.derive_schedule`).
+        """
+        if self.schedule is None:
+            hp, t = self.hparams, self.trainer
+            total = max(int(t.estimated_stepping_batches), 1)
+            epochs = t.max_epochs if (t.max_epochs or 0) > 0 else None
+            per_epoch = total / epochs if epochs else float(total)
+            ema = hp["ema_momentum"]
+            self.schedule = derive_schedule(
+                total, per_epoch,
+                warmup_steps=hp["warmup_steps"], warmup_epochs=hp["warmup_epochs"],
+                warmup_fraction=hp["warmup_fraction"],
+                teacher_temp_warmup_steps=hp["teacher_temp_warmup_steps"],
+                teacher_temp_warmup_epochs=hp["teacher_temp_warmup_epochs"],
+                teacher_temp_warmup_fraction=hp["teacher_temp_warmup_fraction"],
+                ema_momentum=tuple(ema) if ema is not None else None,
+                ema_horizon_fraction=hp["ema_horizon_fraction"],
+            )  # fmt: skip
+        return self.schedule
+
+    def teacher_temperature(self, step: int | None = None) -> float:
+        """DINO teacher temperature at optimizer ``step`` (default: the trainer's global step)."""
+        step = self.trainer.global_step if step is None else step
+        start, end = self.hparams["teacher_temp"]
+        sched = self.run_schedule()
+        return teacher_temperature_at(step, start, end, sched.teacher_temp_warmup_steps)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()

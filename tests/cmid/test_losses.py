@@ -147,7 +147,8 @@ def test_queue_gathers_once_across_two_ranks() -> None:
         bank, ptr, center = results[rank]
         assert ptr == 8  # 2 ranks × (k2, k1) × 2 keys: each key once, no duplicates
         assert bank == expected
-        assert torch.tensor(center).flatten().tolist() == pytest.approx([0.25, 0.25])
+        # all-reduced mean 0.5, updated once per pair: 0.5·0 + 0.5·0.5, then 0.5·0.25 + 0.5·0.5
+        assert torch.tensor(center).flatten().tolist() == pytest.approx([0.375, 0.375])
 
 
 def test_position_match_keeps_k_nearest() -> None:
@@ -180,14 +181,19 @@ def test_dense_distillation_by_hand() -> None:
         lse = math.log(sum(math.exp(v) for v in zs))
         return -sum(p * (z - lse) for p, z in zip(pt, zs, strict=True))
 
-    expected = 0.5 * (ce([0.1, 0.0], [0.02, 0.0]) + ce([0.0, 0.2], [0.0, 0.04]))
+    # the authors update the centre after each pair (spec §4.3.5): pair A uses c = 0, then
+    # c ← 0.9·0 + 0.1·t_a = [0.002, 0]; pair B uses that centre, then c ← 0.9c + 0.1·t_b
+    c_a = [0.002, 0.0]
+    expected = 0.5 * (ce([0.1, 0.0], [0.02, 0.0]) + ce([0.0, 0.2], [0.0 - c_a[0], 0.04 - c_a[1]]))
     loss = loss_fn(s_a, t_a, s_b, t_b, teacher_temp=tau)
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    # centre: 0.9·0 + 0.1·mean over both pairs' teacher logits = 0.1·[0.01, 0.02]
-    torch.testing.assert_close(loss_fn.center.flatten(), torch.tensor([0.001, 0.002]))
-    # the centre is subtracted from the teacher logits on the next call
-    c = [0.001, 0.002]
-    expected2 = 0.5 * (ce([0.1, 0.0], [0.02 - c[0], -c[1]]) + ce([0.0, 0.2], [-c[0], 0.04 - c[1]]))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    c = [0.9 * c_a[0] + 0.1 * 0.0, 0.9 * c_a[1] + 0.1 * 0.04]
+    torch.testing.assert_close(loss_fn.center.flatten(), torch.tensor(c))
+    # the centre is subtracted from the teacher logits on the next call (and updated per pair)
+    c2 = [0.9 * c[0] + 0.1 * 0.02, 0.9 * c[1]]
+    expected2 = 0.5 * (
+        ce([0.1, 0.0], [0.02 - c[0], -c[1]]) + ce([0.0, 0.2], [-c2[0], 0.04 - c2[1]])
+    )
     assert loss_fn(s_a, t_a, s_b, t_b, teacher_temp=tau).item() == pytest.approx(
-        expected2, rel=1e-5
+        expected2, rel=1e-6
     )

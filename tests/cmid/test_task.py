@@ -76,6 +76,7 @@ def test_training_step_ema_lr_scaling_and_logging(tmp_path: Path) -> None:
     task = CMIDTask(
         "resnet18", 3, 64, bands=["r", "g", "b"], rgb_bands=["r", "g", "b"],
         **TINY_MODEL, batch_size=2, base_lr=2.56e-2, warmup_epochs=0.5,
+        ema_momentum=(0.996, 1.0),  # explicit: a 2-step run would derive a lower start
     )  # fmt: skip
     probe = _Probe()
     trainer = L.Trainer(
@@ -100,7 +101,9 @@ def test_training_step_ema_lr_scaling_and_logging(tmp_path: Path) -> None:
                 "train/loss_global_epoch", "train/loss_local_epoch", "health/feat_std",
                 "health/feat_cos", "health/feat_std_norm"):  # fmt: skip
         assert key in m, key
-    assert float(m["train/teacher_temp"]) == pytest.approx(task.model.teacher_temperature(1))
+    # teacher temperature: linear over the paper's 25 % of the run's 2 steps (round(0.5) = 0)
+    assert task.run_schedule().teacher_temp_warmup_steps == 0
+    assert float(m["train/teacher_temp"]) == pytest.approx(task.teacher_temperature(1)) == 0.07
 
 
 def test_health_metrics_detect_collapse() -> None:
@@ -190,3 +193,45 @@ def test_old_checkpoint_model_kwargs() -> None:
 def test_bad_settings_name_the_setting(kwargs, key) -> None:
     with pytest.raises(ConfigError, match=f"model.init_args.{key}"):
         CMIDTask(**{"backbone": "resnet18", **kwargs})
+
+
+def test_checkpoint_carries_queue_pointer_centre_and_teacher(tmp_path: Path) -> None:
+    """A resumed run is the run it continues: every piece of method state is in the checkpoint."""
+    L.seed_everything(0)
+    loader = DataLoader([{"image": torch.randn(3, 64, 64)} for _ in range(6)], batch_size=2)
+    task = CMIDTask("resnet18", 3, 64, **TINY_MODEL, batch_size=2)
+    trainer = L.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(task, loader)
+    queue, dense = task.model.global_loss.queue, task.model.local_loss
+    assert int(queue.bank_ptr) == 3 * 2 * 2  # 3 steps × (k2, k1) × batch 2
+    assert dense.center.abs().sum() > 0
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+
+    fresh = CMIDTask.load_from_checkpoint(path)
+    fq, fd = fresh.model.global_loss.queue, fresh.model.local_loss
+    assert torch.equal(fq.bank, queue.bank) and torch.equal(fq.bank_ptr, queue.bank_ptr)
+    assert torch.equal(fd.center, dense.center)
+    for a, b in zip(fresh.model.teacher.parameters(), task.model.teacher.parameters(), strict=True):
+        assert torch.equal(a, b)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["global_step"] == 3  # the schedules (lr, EMA, teacher temperature) count steps
+    assert "lr_schedulers" in ckpt and ckpt["optimizer_states"]
+
+    # a checkpoint written before the queue was saved still loads (with a fresh queue)
+    old = {k: v for k, v in ckpt["state_dict"].items() if ".queue.bank" not in k}
+    again = CMIDTask("resnet18", 3, 64, **TINY_MODEL)
+    again.load_state_dict(old, strict=True)
+    assert int(again.model.global_loss.queue.bank_ptr) == 0
+
+
+def test_vit_position_embedding_and_class_token_not_decayed() -> None:
+    task = CMIDTask("vit_small", 3, 64, **TINY_MODEL)
+    decay, no_decay = param_groups(task.model, 0.02)
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    undecayed = {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"] if p.ndim > 1}
+    assert undecayed == {"pos_embed", "cls_token"}
+    assert all(names[id(p)].endswith("weight") or "token" in names[id(p)] for p in decay["params"])
