@@ -31,7 +31,7 @@ def scene(
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, str, int]]]:
     """An RGB ``[size, size, 3]`` uint8 image and its objects (corners, class, difficult).
 
-    Planes are bright and 22-30 px long, ships dark and thin; objects never overlap.
+    Planes are bright and 22-30 px long, ships dark and narrower; objects never overlap.
     """
     noise = rng.normal(0, 1, (size // 8 + 1, size // 8 + 1))
     background = np.kron(noise, np.ones((8, 8)))[:size, :size]
@@ -52,7 +52,7 @@ def scene(
             quad = rotated_rect(cx, cy, rng.uniform(22, 30), rng.uniform(14, 20), angle)
             fill = (235, 235, 225)
         else:
-            quad = rotated_rect(cx, cy, rng.uniform(24, 30), rng.uniform(7, 9), angle)
+            quad = rotated_rect(cx, cy, rng.uniform(24, 30), rng.uniform(10, 13), angle)
             fill = (25, 30, 60)
         draw.polygon([tuple(p) for p in quad.tolist()], fill=fill)
         centres.append((cx, cy))

@@ -62,7 +62,7 @@ def test_dota_labeltxt_folder_with_negatives_learns(tmp_path: Path, one_thread: 
     """`geocmid fit` with the shipped recipe learns rotated planes and ships from labelTxt.
 
     Chance is near 0: 20-30 px boxes at random places hit a reference with IoU ≥ 0.5 in well
-    under 5 % of draws (objects cover ~10 % of each image). 0.3 after 30 steps fails any model
+    under 5 % of draws (objects cover ~10 % of each image). 0.3 after 45 steps fails any model
     that does not learn, and the object-free images must not break training or scoring.
     """
     torch.manual_seed(0)
@@ -82,11 +82,11 @@ def test_dota_labeltxt_folder_with_negatives_learns(tmp_path: Path, one_thread: 
     result = fit(
         RECIPE, catalog=catalog,
         overrides=[*SMALL, "data.entry=dota", "data.chip_size=96", "data.batch_size=4",
-                   "data.chips_per_epoch=60", "data.eval_chips=27", "trainer.max_epochs=2",
-                   "model.lr=1e-3", f"trainer.default_root_dir={out}"],
+                   "data.chips_per_epoch=60", "data.eval_chips=27", "trainer.max_epochs=3",
+                   "model.lr=5e-4", f"trainer.default_root_dir={out}"],
     )  # fmt: skip
     m = result.metrics
-    assert m["val_map_50"] > 0.3, f"mAP@0.5 {m['val_map_50']:.3f} after 30 steps"
+    assert m["val_map_50"] > 0.3, f"mAP@0.5 {m['val_map_50']:.3f} after 45 steps"
     # oriented references are scored too; a horizontal box of a turned object overlaps its
     # polygon less than its axis-aligned box does, so the oriented score is lower
     assert 0 < m["val_obb_map_50"] <= m["val_map_50"] + 0.05
