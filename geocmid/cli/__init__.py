@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             print(
                 f"error: {type(error).__name__}: {text}\n"
-                "  (an unexpected error: rerun with --verbose for the traceback and report it)",
+                "  (unexpected: rerun with --verbose for the traceback, and report it)",
                 file=sys.stderr,
             )
             return 1

@@ -181,23 +181,27 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
                 "  fix: choose a folder you can write to, or fix the file's permissions",
                 1,
             )
-    for item in chain:
+    raster = [
+        item for item in chain
+        if (type(item).__module__ or "").startswith("rasterio")
+        and type(item).__name__.endswith("Error")
+    ]  # fmt: skip
+    # the GDAL message that names the file (often the cause of "Read failed ...") first
+    raster.sort(key=lambda item: _PATH.search(str(item)) is None)
+    for item in raster[:1]:
         kind = type(item).__name__
-        module = type(item).__module__ or ""
-        if module.startswith("rasterio") and (kind.startswith("CPLE_") or "IOError" in kind
-                                              or kind.endswith("Error")):  # fmt: skip
-            message = str(item).strip().splitlines()[0] if str(item).strip() else kind
-            found = _PATH.search(message)
-            where = found.group(1) if found else "a raster file"
-            problem = message if not found else message.replace(found.group(1), "").strip(" :,")
-            return (
-                DataError(
-                    where,
-                    f"cannot be read: {problem or kind} (truncated or corrupt file?)",
-                    f"check it with `gdalinfo -checksum {where}`; re-download or re-export it",
-                ).format(),
-                2,
-            )
+        message = str(item).strip().splitlines()[0] if str(item).strip() else kind
+        found = _PATH.search(message)
+        where = found.group(1) if found else "a raster file"
+        problem = message if not found else message.replace(found.group(1), "").strip(" :,")
+        return (
+            DataError(
+                where,
+                f"cannot be read: {problem or kind} (truncated or corrupt file?)",
+                f"check it with `gdalinfo -checksum {where}`; re-download or re-export it",
+            ).format(),
+            2,
+        )
     for item in chain:
         text = str(item)
         if "weights_only" in text or type(item).__name__ == "UnpicklingError":

@@ -37,6 +37,23 @@ def _valid_columns(data: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def _decimated_read(path: Path, nodata: float | None) -> np.ndarray:
+    """:func:`_sample_file`; a file GDAL cannot read is a :class:`DataError` naming it."""
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    from geocmid.errors import DataError
+
+    try:
+        return _sample_file(path, nodata)
+    except (RasterioError, CPLE_BaseError) as error:
+        cause = error.__cause__ or error.__context__ or error
+        raise DataError(
+            str(path), f"cannot be read ({str(cause).strip()[:200]}): truncated or corrupt?",
+            f"check it with `gdalinfo -checksum {path}`; re-download or re-export it",
+        ) from None  # fmt: skip
+
+
+def _sample_file(path: Path, nodata: float | None) -> np.ndarray:
     """``[C, N]`` valid pixel values of ``path``: a regular sub-grid of at most
     :data:`PIXELS_PER_FILE` pixels (overviews when present) and, when that holds fewer than
     :data:`SPARSE_PIXELS` valid pixels, full-resolution reads of the file's blocks, those near

@@ -1,0 +1,205 @@
+"""Faults of files and machines end in one clear line and a non-zero exit, never a traceback
+(unless --verbose); a recipe error is printed once."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geocmid.cli import main
+from tests.rasters import smooth_field, write_entry, write_raster
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+
+
+@pytest.fixture
+def truncated(tmp_path: Path) -> Path:
+    """A catalog whose imagery file is a GeoTIFF cut in half (a broken download)."""
+    path = write_raster(tmp_path / "img.tif", smooth_field((256, 256), bands=3))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: 3\n")
+    return tmp_path / "catalog"
+
+
+def one_error_line(err: str) -> None:
+    assert "Traceback" not in err, err
+    assert err.count("error:") == 1, err
+
+
+@pytest.mark.parametrize("command", [
+    ["catalog", "stats", "img"],
+    ["pretrain", "--config", str(RECIPES / "pretrain-resnet18-cpu.yaml"), "--entry", "img",
+     "--dry-run"],
+])  # fmt: skip
+def test_a_truncated_geotiff_is_one_line_naming_the_file(
+    truncated: Path, command: list[str], capsys
+) -> None:
+    code = main(["--catalog", str(truncated), *command])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    one_error_line(err)
+    assert "img.tif" in err, err
+
+
+def test_a_band_count_mismatch_is_refused_by_catalog_stats(tmp_path: Path, capsys) -> None:
+    write_raster(tmp_path / "img.tif", smooth_field((64, 64), bands=4))
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: [r, g, b]\n")
+    assert main(["--catalog", str(tmp_path / "catalog"), "catalog", "stats", "img"]) == 2
+    err = capsys.readouterr().err
+    one_error_line(err)
+    assert "has 4 band(s)" in err and "declares 3" in err
+
+
+def test_statistics_ignore_nan_and_inf_per_band(tmp_path: Path, capsys) -> None:
+    image = np.stack([np.linspace(0, 1, 64 * 64).reshape(64, 64)] * 3).astype(np.float32)
+    image[1, :8] = np.nan  # NaN rows in band 2
+    image[2, 8:16] = np.inf  # +inf and -inf rows in band 3
+    image[2, 16:20] = -np.inf
+    write_raster(tmp_path / "img.tif", image)
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: 3\n")
+    assert main(["--catalog", str(tmp_path / "catalog"), "catalog", "stats", "img"]) == 0
+    stats = json.loads((tmp_path / "catalog" / "img.stats.json").read_text())
+    finite = np.isfinite(image).all(axis=0)  # non-finite pixels are nodata in every band
+    for band in range(3):
+        values = image[band][finite]
+        assert np.isfinite(stats["mean"][band]) and np.isfinite(stats["std"][band])
+        assert stats["mean"][band] == pytest.approx(values.mean(), abs=1e-5)
+        assert stats["std"][band] == pytest.approx(values.std(), abs=1e-5)
+
+
+def test_a_band_without_finite_pixels_is_refused(tmp_path: Path, capsys) -> None:
+    image = np.ones((2, 32, 32), np.float32)
+    image[1] = np.nan
+    write_raster(tmp_path / "img.tif", image, nodata=-9999)
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: 2\n")
+    assert main(["--catalog", str(tmp_path / "catalog"), "catalog", "stats", "img"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_a_sparse_raster_is_sampled_by_its_valid_blocks(tmp_path: Path) -> None:
+    """A 4096² raster with one 40×40 patch of data: the decimated grid (step 5) hits ~64
+    pixels of it; the statistics come from the block that holds it, at full resolution."""
+    from geocmid.data.catalog import Catalog
+    from geocmid.data.stats import compute_stats
+
+    image = np.zeros((1, 4096, 4096), np.uint16)
+    patch = np.arange(1, 1601, dtype=np.uint16).reshape(40, 40)
+    image[0, 1000:1040, 3000:3040] = patch
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(tmp_path / "sparse.tif", "w", driver="GTiff", width=4096, height=4096,
+                       count=1, dtype="uint16", nodata=0, tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 10, 10)) as dst:  # fmt: skip
+        dst.write(image)
+    write_entry(tmp_path / "catalog", "s", "kind: imagery\npaths: ../sparse.tif\nbands: 1\n")
+    stats = compute_stats(Catalog(tmp_path / "catalog").get("s"))
+    assert stats["pixels_sampled"] == 1600
+    assert stats["mean"][0] == pytest.approx(patch.mean())
+
+
+def test_disk_full_and_permission_errors_are_one_line_naming_the_path(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    write_raster(tmp_path / "img.tif", smooth_field((64, 64), bands=3))
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: 3\n")
+    target = str(tmp_path / "catalog" / "img.stats.json")
+    for code, words in ((errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied")):
+
+        def fail(stats: object, path: Path, code: int = code) -> None:
+            raise OSError(code, os.strerror(code), target)
+
+        monkeypatch.setattr("geocmid.data.stats.write_stats", fail)
+        assert main(["--catalog", str(tmp_path / "catalog"), "catalog", "stats", "img"]) == 1
+        err = capsys.readouterr().err
+        one_error_line(err)
+        assert words in err and target in err, err
+
+
+class NotAState:
+    """A Python object: torch.load(weights_only=True) refuses to unpickle it."""
+
+
+def test_fit_ckpt_on_a_pickle_weights_only_refuses(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "thing": NotAState()}, path)
+    code = main(["fit", "--config", str(RECIPES / "finetune-segmentation.yaml"),
+                 "--ckpt", str(path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    one_error_line(err)
+    assert "foreign.ckpt" in err and "weights_only" in err and "fix:" in err
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(capsys, monkeypatch) -> None:
+    import geocmid.cli.catalog as catalog_cli
+
+    def boom(args: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(catalog_cli, "cmd_list", boom)
+    assert main(["catalog", "list"]) == 1
+    err = capsys.readouterr().err
+    one_error_line(err)
+    assert "RuntimeError: boom" in err and "--verbose" in err
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["catalog", "list", "--verbose"])
+
+
+def test_a_recipe_error_is_printed_once_and_logged(tmp_path: Path, capsys, monkeypatch) -> None:
+    from geocmid.errors import DataError
+
+    def fail(res: object) -> None:
+        raise DataError("demo folder", "cannot be written", "free some space")
+
+    monkeypatch.setattr("geocmid.recipes.steps.run_demo", fail)
+    run = tmp_path / "run"
+    code = main(["run", str(RECIPES / "quickstart.yaml"), "--tiny", "--run-dir", str(run)])
+    out = capsys.readouterr()
+    assert code == 2
+    assert (out.out + out.err).count("cannot be written") == 1, out
+    assert "cannot be written" in (run / "logs" / "run.log").read_text()
+    assert json.loads((run / "state.json").read_text())["demo_data"]["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_recipe_stops_cleanly_marks_interrupted_and_exits_130(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geocmid", "run", str(RECIPES / "quickstart.yaml"), "--tiny",
+         "--run-dir", str(run)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state = run / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text()).get("pretrain", {}).get(
+            "status"
+        ) == "running" and (run / "pretrain" / "status.json").is_file():
+            break  # training has started
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    assert json.loads(state.read_text())["pretrain"]["status"] == "interrupted"
+    assert json.loads((run / "pretrain" / "status.json").read_text())["status"] == "interrupted"
