@@ -130,7 +130,12 @@ def write_report(res: Resolved, facts: Facts, state: dict[str, Any]) -> Path:
         evaluation = res.maps_dir / f"{res.steps['predict']['name']}_evaluation.json"
         if evaluation.is_file():
             e = json.loads(evaluation.read_text())
-            lines += [f"## Scores against `{e['labels']}`", "", "| score | value |", "|---|---|"]
+            lines += [f"## Scores against `{e['labels']}`", ""]
+            if e.get("scored_area"):
+                from geocmid.recipes.evaluate import describe_scored_area
+
+                lines += [describe_scored_area(e["scored_area"]).capitalize() + ".", ""]
+            lines += ["| score | value |", "|---|---|"]
             for key in ("f1", "precision", "recall", "mIoU", "overall_accuracy",
                         "positive_fraction_reference", "positive_fraction_map"):  # fmt: skip
                 if key in e:

@@ -66,6 +66,12 @@ STEPS: dict[str, dict[str, tuple[tuple[type, ...], Any, str]]] = {
     },
     "evaluate": {
         "labels": ((str,), None, "reference raster_labels entry or raster file (required)"),
+        "areas": (
+            (str,),
+            "test",
+            "pixels scored: 'test' (the fine-tuning's test split), a vector file of held-out "
+            "areas, or 'all' (the whole map, training area included)",
+        ),
     },
     "report": {
         "title": ((str, NoneType), None, "report title (default: the recipe description)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -204,3 +205,92 @@ def dataset_from_entry(entry: Entry, catalog: Catalog | None = None, **kwargs: A
     if isinstance(entry, TorchGeoDatasetEntry):
         return torchgeo_dataset(entry, **kwargs)
     raise ConfigError(entry.where, f"no dataset for kind {entry.kind}")
+
+
+def read_labels_on_grid(
+    labels: Entry | str | Path, grid: Grid, catalog: Catalog | None = None, rows: int = 1024
+) -> tuple[Any, Any]:
+    """Reference labels on exactly ``grid`` (a map's), read by the code training reads them
+    with: a raster label entry (``align_with``, ``assign_crs``, ``class_masks``,
+    ``ignore_value``) through its :class:`~geocmid.data.sources.RasterSource`, a vector label
+    entry rasterised with its class attribute, or a plain raster file.
+
+    Args:
+        labels: a raster or vector label entry, or a raster file path.
+        grid: the grid to read on (files not on it are warped, nearest neighbour).
+        catalog: the entry's catalog (``align_with``).
+        rows: rows read at a time (memory stays bounded by ``rows`` x ``grid.width``).
+
+    Returns:
+        ``(values [H, W] int64, valid [H, W] bool)``: class values; ``valid`` is False where
+        the labels have no data, no feature or the ignore value.
+
+    Raises:
+        DataError / ConfigError: unreadable labels or a label entry of another kind.
+    """
+    import numpy as np
+
+    values = np.zeros((grid.height, grid.width), np.int64)
+    valid = np.zeros((grid.height, grid.width), bool)
+    if isinstance(labels, VectorLabelsEntry):
+        return _rasterize_vector_labels(labels, grid)
+    if isinstance(labels, RasterLabelsEntry):
+        dataset = raster_labels_dataset(labels, catalog, grid=grid)
+        ignore = labels.ignore_value
+    elif isinstance(labels, Entry):
+        raise ConfigError(labels.where, f"a {labels.kind} entry cannot be reference labels")
+    else:
+        source = build_source([labels], bands=["mask"], grid=grid, is_image=False)
+        dataset = CatalogRasterDataset(source=source, is_image=False)
+        ignore = None
+    if isinstance(dataset, ClassMaskDataset):
+        readers = dataset._class_readers()
+        ignore = dataset.ignore_value
+        for r0 in range(0, grid.height, rows):
+            r1 = min(grid.height, r0 + rows)
+            out = np.full((r1 - r0, grid.width), ignore, np.int64)
+            for value, reader in readers.items():
+                mask, ok = reader.read(r0, r1, 0, grid.width)
+                out[(mask[0] != 0) & ok] = value
+            values[r0:r1] = out
+            valid[r0:r1] = out != ignore
+        return values, valid
+    with dataset.source.reader() as reader:
+        for r0 in range(0, grid.height, rows):
+            r1 = min(grid.height, r0 + rows)
+            data, ok = reader.read(r0, r1, 0, grid.width)
+            values[r0:r1] = data[0].astype(np.int64)
+            valid[r0:r1] = ok
+    if ignore is not None:
+        valid &= values != int(ignore)
+    return values, valid
+
+
+def _rasterize_vector_labels(entry: VectorLabelsEntry, grid: Grid) -> tuple[Any, Any]:
+    """Vector labels burnt onto ``grid`` with their class attribute (features in file order,
+    later ones on top, as TorchGeo's VectorDataset rasterises them)."""
+    import geopandas as gpd
+    import numpy as np
+    from rasterio.features import rasterize
+
+    validate(entry)
+    values = np.zeros((grid.height, grid.width), np.int64)
+    covered = np.zeros((grid.height, grid.width), np.uint8)
+    for path in entry.files():
+        frame = gpd.read_file(path, layer=entry.layer)
+        if grid.crs is not None and frame.crs is not None:
+            frame = frame.to_crs(grid.crs.to_wkt())
+        if entry.class_attribute:
+            codes = [int(str(v).strip()) if isinstance(v, str) else int(v)
+                     for v in frame[entry.class_attribute]]  # fmt: skip
+        else:
+            codes = [1] * len(frame)
+        shapes = [(g, c) for g, c in zip(frame.geometry, codes, strict=True) if g is not None]
+        if not shapes:
+            continue
+        shape = (grid.height, grid.width)
+        burnt = rasterize(shapes, out_shape=shape, transform=grid.transform, fill=-1,
+                          dtype="int32")  # fmt: skip
+        values[burnt >= 0] = burnt[burnt >= 0]
+        covered[burnt >= 0] = 1
+    return values, covered.astype(bool)
