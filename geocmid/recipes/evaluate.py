@@ -213,6 +213,14 @@ def evaluate_step(res: Resolved, facts: Facts) -> dict[str, Any]:
     scored["pixels"] = int(valid.sum())
     scored["fraction_of_labelled_map"] = round(int(valid.sum()) / max(labelled, 1), 4)
     result["scored_area"] = scored
+    if len(values) == 2 and result["positive_fraction_reference"] == 0:
+        result["warning"] = (
+            f"the reference holds no '{card.get('classes', [{}, {}])[1].get('name', 'positive')}'"
+            f" pixel in the scored area ({scored['kind']}, {scored['pixels']} pixels): F1, "
+            "precision and recall say nothing here; name larger held-out areas with "
+            "steps.evaluate.areas"
+        )
+        print(f"[evaluate] warning: {result['warning']}", flush=True)
     target = res.maps_dir / f"{res.steps['predict']['name']}_evaluation.json"
     target.write_text(json.dumps(result, indent=2))
     print(f"[evaluate] {target} ({describe_scored_area(scored)}): " + ", ".join(

@@ -135,6 +135,8 @@ def write_report(res: Resolved, facts: Facts, state: dict[str, Any]) -> Path:
                 from geocmid.recipes.evaluate import describe_scored_area
 
                 lines += [describe_scored_area(e["scored_area"]).capitalize() + ".", ""]
+            if e.get("warning"):
+                lines += [f"**Warning:** {e['warning']}.", ""]
             lines += ["| score | value |", "|---|---|"]
             for key in ("f1", "precision", "recall", "mIoU", "overall_accuracy",
                         "positive_fraction_reference", "positive_fraction_map"):  # fmt: skip
