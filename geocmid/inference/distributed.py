@@ -110,7 +110,7 @@ def dask_client(workers: int = 0, scheduler: str | None = None) -> Iterator[Any]
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: no clash with another cluster
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)

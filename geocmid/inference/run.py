@@ -9,8 +9,10 @@ finishes the job, and ``part=(i, n)`` lets ``n`` processes share the blocks (the
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
+from geocmid.data.paths import is_virtual
 from geocmid.data.sources import RasterSource
 from geocmid.errors import ConfigError, DataError
 from geocmid.inference import assemble, summary
@@ -92,6 +95,7 @@ def output_paths(out_dir: Path, name: str, task: str, options: OutputOptions) ->
     paths["summary"] = out_dir / f"{name}_summary.json"
     if options.quicklook:
         paths["quicklook"] = out_dir / f"{name}_quicklook.png"
+    paths["stac"] = out_dir / f"{name}_item.json"  # the STAC Item describing the others
     return paths
 
 
@@ -232,6 +236,7 @@ def finish_scene(job: SceneJob, predictor: Predictor | None = None) -> Predictio
                 )
             result.summary["outputs"] = {k: str(v) for k, v in paths.items()}
             summary.write_summary(paths["summary"], result.summary)
+            _write_stac_item(job, predictor, paths)
     except OSError as error:
         job.lock.release()
         raise write_error(job.work.path.parent, error) from error
@@ -299,6 +304,29 @@ def predict_scene(
     result = finish_scene(job)
     result.blocks_run = blocks_run
     return result
+
+
+def _write_stac_item(job: SceneJob, predictor: Predictor, paths: dict[str, Path]) -> None:
+    """The STAC Item beside the outputs (:func:`geocmid.data.stac.output_item`): the outputs as
+    assets, the model card as properties, the input files as ``derived_from`` links."""
+    from geocmid.data import stac
+
+    links: list[str] = []
+    for scene in job.inputs:
+        links += list(scene.files) if isinstance(scene, RasterSource) else [os.fspath(scene)]
+    stamps = [re.search(stac.STAC_DATE_PATTERN, Path(str(f)).name) for f in links]
+    dates = [dt.datetime.strptime(m.group("date"), "%Y%m%d").date() for m in stamps if m]
+    item = stac.output_item(
+        job.name,
+        paths.get("classes"),
+        job.plan.grid,
+        {**predictor.model_card.to_dict(), "task": predictor.task},
+        predictor.fingerprint,
+        [link if is_virtual(link) else str(Path(link).resolve()) for link in links],
+        {k: v for k, v in paths.items() if k != "stac"},
+        dates,
+    )
+    stac.write_item(item, paths["stac"])
 
 
 def _file_id(path: Any) -> dict[str, Any]:

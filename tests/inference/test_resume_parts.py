@@ -61,8 +61,11 @@ def files(folder: Path) -> dict[str, object]:
                 frame.drop(columns="geometry").to_dict("list"),
                 frame.geometry.to_wkb().tolist(),
             )
-        elif p.suffix == ".json":
+        elif p.name.endswith("_summary.json"):
             out[p.name] = json.loads(p.read_text())["classes"]
+        elif p.name.endswith("_item.json"):  # the STAC item, less its creation time
+            item = json.loads(p.read_text())
+            out[p.name] = {k: v for k, v in item.items() if k != "properties"}
         else:
             out[p.name] = None
     return out

@@ -58,13 +58,22 @@ class Entry:
 
         GDAL virtual paths and URLs (``/vsizip/``, ``/vsicurl/``, ``https://``, ``s3://``,
         ``file://`` …) pass through untouched (:func:`geocmid.data.paths.entry_path`); the
-        entry's ``gdal_env`` options are set for reading them.
+        entry's ``gdal_env`` options are set for reading them. A STAC Item / ItemCollection /
+        Catalog JSON gives one VRT per item holding the entry's bands
+        (:mod:`geocmid.data.stac`).
         """
-        from geocmid.data.paths import apply_gdal_env, entry_path, is_virtual
+        from geocmid.data.paths import apply_gdal_env, as_path, entry_path, is_virtual
 
         apply_gdal_env(self.gdal_env, self.where)
         files: list[Path] = []
         for pattern in patterns:
+            if ".json" not in suffixes and pattern.lower().endswith(".json"):
+                from geocmid.data import stac  # a STAC Item / ItemCollection / Catalog
+
+                document = as_path(pattern, self.base_dir)
+                if stac.is_stac_document(document):
+                    files += stac.entry_files(self, document)
+                    continue
             if is_virtual(pattern):
                 files.append(entry_path(pattern, self.base_dir, key, self.where))
                 continue
