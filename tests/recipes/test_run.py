@@ -87,6 +87,12 @@ def test_every_recipe_runs_tiny(recipe: Path, quickstart: Path, tmp_path: Path, 
         args += [f"catalog={demo / 'catalog'}", f"steps.predict.model={model}"]
     if recipe.stem == "quickstart":
         args.append("steps.pretrain.epochs=1")  # the fixture ran it already: check a fresh folder
+    if recipe.stem == "detection-chips":  # a chip dataset, not the demo: a generated DOTA folder
+        from tests.detection.dota_data import dota_entry, write_dota_folder
+
+        write_dota_folder(tmp_path / "DOTA", {"train": 3, "val": 2}, size=128, count=3)
+        dota_entry(tmp_path / "catalog", "dota-v1", tmp_path / "DOTA")
+        args.append(f"catalog={tmp_path / 'catalog'}")
     args += ["--tiny", "--run-dir", str(tmp_path / "run")]
     assert _run([*args, "--dry-run"], tmp_path) == 0
     assert "--dry-run: nothing was run" in capsys.readouterr().out
