@@ -221,15 +221,19 @@ class DetectionTask(DataArgsMixin, ObjectDetection):
     def report_samples(self, batch: dict[str, Any], n: int = 4) -> dict[str, Any]:
         """Up to ``n`` chips of ``batch`` with reference and predicted boxes, on the CPU (for
         :class:`~geocmid.tasks.reports.ReportCallback`)."""
-        batch = {k: batch[k][:n] for k in ("image", "bbox_xyxy", "label")}
+        keys = ("image", "bbox_xyxy", "label", "polygon")
+        batch = {k: batch[k][:n] for k in keys if k in batch}
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             predictions = self.model(batch["image"])
         self.model.train(was_training)
+        targets = [{k: v.cpu() for k, v in t.items()} for t in self.targets(batch)]
+        for target, corners in zip(targets, batch.get("polygon") or [], strict=False):
+            target["polygons"] = corners.cpu()  # oriented references, drawn as polygons
         return {
             "images": batch["image"].detach().cpu(),
-            "targets": [{k: v.cpu() for k, v in t.items()} for t in self.targets(batch)],
+            "targets": targets,
             "predictions": [{k: v.detach().cpu() for k, v in p.items()} for p in predictions],
         }
 

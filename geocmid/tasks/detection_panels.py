@@ -1,4 +1,5 @@
-"""Sample prediction panels: chips with reference boxes (green) and predictions (red, score)."""
+"""Sample prediction panels: chips with reference boxes (green; oriented references also as
+their polygon, yellow) and predictions (red, score)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -34,7 +36,8 @@ def save_panels(
     Args:
         path: output PNG.
         images: normalised ``[B, C, H, W]`` chips.
-        targets: per chip ``{"boxes", "labels"}`` (reference, pixel xyxy).
+        targets: per chip ``{"boxes", "labels"}`` (reference, pixel xyxy), optionally
+            ``"polygons"`` ``[N, 8]`` (oriented references' corners, pixels).
         predictions: per chip ``{"boxes", "scores", "labels"}``.
         class_names: names of labels 1..K (label 0 is background).
         min_score: predictions below this score are not drawn.
@@ -45,7 +48,7 @@ def save_panels(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Polygon, Rectangle
 
     n = min(max_panels, len(images))
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
@@ -54,6 +57,9 @@ def save_panels(
         for box in targets[k]["boxes"].tolist():
             ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
                                    edgecolor="lime", linewidth=1.2))  # fmt: skip
+        for corners in targets[k].get("polygons", torch.zeros(0, 8)).reshape(-1, 4, 2).tolist():
+            ax.add_patch(Polygon(corners, closed=True, fill=False, edgecolor="yellow",
+                                 linewidth=0.8))  # fmt: skip
         pred = predictions[k]
         shown = 0
         for box, score, label in zip(
