@@ -166,11 +166,15 @@ def write_vectors(frame: Any, paths: dict[str, Path], layer: str) -> None:
     """Write ``frame`` to ``paths["vectors"]`` (GPKG, valid geometries, column descriptions)
     and, if asked, ``paths["geojson"]`` (RFC 7946: WGS 84, counter-clockwise exterior rings,
     antimeridian split, coordinates rounded to a tenth of the pixel size or finer)."""
+    import warnings
+
     from geocmid.inference.areas import area_method
     from geocmid.inference.styles import describe_gpkg_columns
 
     frame = _valid_geometries(frame)
-    with atomic_path(paths["vectors"]) as tmp:
+    with atomic_path(paths["vectors"]) as tmp, warnings.catch_warnings():
+        # a scene without a CRS was announced once by predict; pyogrio's own note repeats it
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
         frame.to_file(tmp, layer=layer, driver="GPKG", engine="pyogrio")
         describe_gpkg_columns(tmp, column_descriptions(area_method(frame.crs)))
     if "geojson" in paths:

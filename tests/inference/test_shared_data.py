@@ -60,7 +60,8 @@ def test_neon_trees_boxes_in_map_coordinates(shared, tmp_path):
                     expected.append((x0, y0, x1, y1))
     found = sorted(tuple(b) for b in np.round(boxes.geometry.bounds.to_numpy(), 6))
     assert found == sorted(tuple(np.round(e, 6)) for e in expected)
-    assert np.allclose(boxes["area_m2"], 16.0)  # 40 x 40 px at 0.1 m
+    # 40 x 40 px at 0.1 m: 16 m² planar; UTM is not equal-area, areas are geodesic (+0.06 %)
+    assert np.allclose(boxes["area_m2"], 16.0, rtol=2e-3)
 
 
 def test_spacenet_atlanta_building_polygons(shared, tmp_path):
@@ -84,4 +85,5 @@ def test_spacenet_atlanta_building_polygons(shared, tmp_path):
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         cls = out.read(1)
         assert ((cls == 255) == (src.read(1) == 0)).all()
-    assert abs(small["area_m2"].sum() - (cls == 1).sum() * 0.25) < 1e-6
+    # planar 0.25 m² per pixel; geodesic areas in UTM differ by the zone's scale (< 0.2 %)
+    assert abs(small["area_m2"].sum() / ((cls == 1).sum() * 0.25) - 1) < 2e-3
