@@ -17,7 +17,7 @@ from geocmid.cli import console
 from geocmid.errors import GeocmidError
 
 #: Subcommand modules, in the order they are listed by ``geocmid --help``.
-COMMAND_MODULES = ["catalog", "demo", "pretrain", "export", "fit", "predict", "run"]
+COMMAND_MODULES = ["catalog", "demo", "pretrain", "export", "fit", "predict", "embed", "run"]
 
 DESCRIPTION = """\
 geocmid: CMID self-supervised pretraining and georeferenced mapping on TorchGeo.
