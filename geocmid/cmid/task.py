@@ -318,7 +318,9 @@ class CMIDTask(BaseTask):
         ema_momentum: EMA teacher momentum, [start, end] of its cosine over all steps; unset:
             [min(0.996, 1 − 1/(ema_horizon_fraction × total steps)), 1] (0.996: the paper's).
         ema_horizon_fraction: longest teacher averaging window 1/(1 − τ) as a share of the run.
-        photometric: overrides of geocmid.cmid.views.Photometric (view-2 augmentation).
+        photometric: overrides of geocmid.cmid.views.Photometric (view-2 augmentation; the
+            defaults are the authors' strengths: brightness/contrast 0.4, saturation 0.2, hue
+            0.1 at p 0.8, blur p 1, noise p 0.6, grey p 0.2), e.g. {brightness: 0.2}.
         optimizer: adan (timm Adan, betas 0.98/0.92/0.99: the paper's) or adamw.
         base_lr: lr per lr_reference_batch images: the lr used is base_lr × global batch /
             lr_reference_batch.
@@ -469,7 +471,22 @@ class CMIDTask(BaseTask):
             **{k: hp[k] for k in METHOD_ARGS},
             backbone_kwargs=backbone_kwargs,
         )
-        self.views = self.model.view_transform(self.rgb_indices, **(hp["photometric"] or {}))
+        self.views = self._view_transform()
+
+    def _view_transform(self) -> CMIDViewTransform:
+        """The model's two-view transform with the configured photometric strengths.
+
+        The brightness jitter scales raw values, so it needs each band's raw mean / std: taken
+        from ``mean`` / ``std`` when known (else the authors' statistics are assumed).
+        """
+        hp = self.hparams
+        photometric = dict(hp["photometric"] or {})
+        if "raw_offset" not in photometric and hp["mean"] is not None and hp["std"] is not None:
+            photometric["raw_offset"] = [
+                float(m) / float(s) if float(s) > 0 else 0.0
+                for m, s in zip(hp["mean"], hp["std"], strict=True)
+            ]
+        return self.model.view_transform(self.rgb_indices, **photometric)
 
     def setup(self, stage: str) -> None:
         """Fill the data-derived arguments from ``trainer.datamodule``, then build the networks.
@@ -499,9 +516,7 @@ class CMIDTask(BaseTask):
             initial.update({k: self.hparams[k] for k in (*DATA_ARGS, "view_seed")})
         if self.built:
             # built before the RGB bands were known: the views follow the filled names
-            self.views = self.model.view_transform(
-                self.rgb_indices, **(self.hparams["photometric"] or {})
-            )
+            self.views = self._view_transform()
             return
         missing = [k for k in ("in_chans", "chip_size") if self.hparams[k] is None]
         if missing:

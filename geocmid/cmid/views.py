@@ -37,6 +37,8 @@ from geocmid.errors import ConfigError
 
 # ITU-R BT.601 luma weights, used for saturation and greyscale on RGB bands.
 _LUMA = (0.299, 0.587, 0.114)
+# raw mean / std of the authors' normalisation (MillionAID RGB, spec §2.4): 2.49, 2.67, 2.38
+_MILLIONAID_RAW_OFFSET = 2.5
 
 
 def _uniform(shape: Sequence[int], low: float, high: float, gen: torch.Generator | None) -> Tensor:
@@ -187,13 +189,21 @@ def hue_rotation(angle: Tensor) -> Tensor:
 class Photometric:
     """Band-agnostic photometric augmentation of view 2, on normalised ``[B, C, H, W]`` tensors.
 
-    Mirrors the official view-2 pipeline (spec §2.3) in a form that holds for any band count:
+    Mirrors the official view-2 pipeline (spec §2.3) in a form that holds for any band count.
+    The defaults are the authors' strengths:
 
-    * jitter (prob ``jitter_p``): ``x ← μ + g·(x − μ) + o`` per band, around each image's band
-      mean ``μ``; gain = shared ``U(1 ± gain)`` × per-band ``U(1 ± band_jitter)``; offset
-      (normalised units) = shared ``U(± offset)`` + per-band ``U(± band_jitter)``; with
-      ``rgb_indices`` also a hue rotation by ``U(± hue)·2π`` and a saturation factor
-      ``U(1 ± saturation)``;
+    * jitter (prob ``jitter_p``, the authors' ColorJitter 0.4/0.4/0.2/0.1 at p = 0.8):
+
+      - brightness: the raw values are scaled by ``b ~ U(1 ± brightness)``; on normalised data
+        ``x ← b·x + (b − 1)·r`` with ``r = raw_offset`` = per-band raw mean / std (so that
+        ``r + x`` is the raw value over the std). ``raw_offset=None`` uses the authors'
+        MillionAID statistics (mean / std ≈ 2.49, 2.67, 2.38, i.e. 2.5 for every band);
+      - contrast: ``x ← μ + g·(x − μ)`` around each image's band mean ``μ``, ``g`` = shared
+        ``U(1 ± gain)`` × per-band ``U(1 ± band_jitter)``, plus an additive offset (normalised
+        units) shared ``U(± offset)`` + per-band ``U(± band_jitter)`` (geocmid's per-band terms
+        stand in for hue on non-RGB bands);
+      - with ``rgb_indices`` a hue rotation by ``U(± hue)·2π`` and a saturation factor
+        ``U(1 ± saturation)``;
     * Gaussian blur, σ ~ U(blur_sigma) px (prob ``blur_p``);
     * Gaussian noise, std ~ U(noise_std) normalised units (prob ``noise_p``; the official variance
       10–50 on the 0–255 scale is ≈ 0.09–0.2 after its normalisation);
@@ -207,9 +217,11 @@ class Photometric:
         self,
         rgb_indices: Sequence[int] | None = None,
         jitter_p: float = 0.8,
+        brightness: float = 0.4,
         gain: float = 0.4,
-        offset: float = 0.4,
+        offset: float = 0.0,
         band_jitter: float = 0.1,
+        raw_offset: Sequence[float] | None = None,
         hue: float = 0.1,
         saturation: float = 0.2,
         blur_p: float = 1.0,
@@ -230,6 +242,8 @@ class Photometric:
             offset,
             band_jitter,
         )
+        self.brightness = brightness
+        self.raw_offset = list(raw_offset) if raw_offset is not None else None
         self.hue, self.saturation = hue, saturation
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
         self.noise_p, self.noise_std = noise_p, noise_std
@@ -248,12 +262,19 @@ class Photometric:
 
         # 1) colour / radiometric jitter
         on = p(self.jitter_p)
-        mu = x.mean(dim=(2, 3), keepdim=True)
+        r = (
+            torch.tensor(self.raw_offset, device=dev, dtype=x.dtype).view(1, c, 1, 1)
+            if self.raw_offset is not None
+            else torch.full((1, c, 1, 1), _MILLIONAID_RAW_OFFSET, device=dev, dtype=x.dtype)
+        )
+        bright = u((b,), 1 - self.brightness, 1 + self.brightness).view(b, 1, 1, 1)
+        x_b = bright * x + (bright - 1) * r  # raw × b, in normalised units
+        mu = x_b.mean(dim=(2, 3), keepdim=True)
         g = u((b, 1), 1 - self.gain, 1 + self.gain) * u(
             (b, c), 1 - self.band_jitter, 1 + self.band_jitter
         )
         o = u((b, 1), -self.offset, self.offset) + u((b, c), -self.band_jitter, self.band_jitter)
-        y = mu + g.view(b, c, 1, 1) * (x - mu) + o.view(b, c, 1, 1)
+        y = mu + g.view(b, c, 1, 1) * (x_b - mu) + o.view(b, c, 1, 1)
         if self.rgb is not None:
             rgb = y[:, self.rgb]
             angle = u((b,), -self.hue, self.hue) * 2 * math.pi
