@@ -216,8 +216,11 @@ def parse_nwpu(text: str, where: str) -> tuple[np.ndarray, list[str], np.ndarray
                             "fix the line or the entry's 'format'")  # fmt: skip
         x0, y0, x1, y1 = _numbers(match.groups()[:4], at, "corners")
         if x1 <= x0 or y1 <= y0:
-            raise DataError(at, f"is not a box: ({x0:g},{y0:g}),({x1:g},{y1:g})",
-                            "the first point is the top-left corner, the second the bottom-right")
+            raise DataError(
+                at,
+                f"is not a box: ({x0:g},{y0:g}),({x1:g},{y1:g})",
+                "the first point is the top-left corner, the second the bottom-right",
+            )
         quads.append(_quads_from_boxes(np.array([[x0, y0, x1, y1]]))[0])
         classes.append(match.group(5))
     return _pack(quads), classes, np.zeros(len(classes), dtype=bool)
@@ -263,8 +266,11 @@ def parse_polygon(text: str, where: str) -> np.ndarray:
         else:
             points = np.asarray(ast.literal_eval(text), dtype=np.float64)
     except Exception:  # literal_eval / WKT raise many types for malformed text
-        raise DataError(where, f"geometry {text[:60]!r} is not a list of (x, y) points or WKT",
-                        "write the polygon as [(x1, y1), (x2, y2), ...] in pixels") from None
+        raise DataError(
+            where,
+            f"geometry {text[:60]!r} is not a list of (x, y) points or WKT",
+            "write the polygon as [(x1, y1), (x2, y2), ...] in pixels",
+        ) from None
     if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
         raise DataError(where, f"geometry {text[:60]!r} is not a polygon of 3 or more points")
     if len(points) > 1 and np.array_equal(points[0], points[-1]):
@@ -401,8 +407,11 @@ def read_table(
             if (x0, y0, x1, y1) == (0, 0, 0, 0):  # DeepForest's row for an image without objects
                 continue
             if x1 <= x0 or y1 <= y0:
-                raise DataError(at, f"is not a box: xmin={x0:g}, ymin={y0:g}, xmax={x1:g}, "
-                                f"ymax={y1:g}", "each box needs xmin < xmax and ymin < ymax")
+                raise DataError(
+                    at,
+                    f"is not a box: xmin={x0:g}, ymin={y0:g}, xmax={x1:g}, ymax={y1:g}",
+                    "each box needs xmin < xmax and ymin < ymax",
+                )
             quad = _quads_from_boxes(np.array([[x0, y0, x1, y1]]))[0]
         quads.append(quad)
         classes.append(cells[col["class"]].strip() or "object")
@@ -615,8 +624,15 @@ def read_detection_folder(entry: Any) -> DetectionFolder:
                 record = read_label_file(None, image, fmt, lookup)
             else:
                 quads, tokens, _ = table[key]
-                record = finish(image, image_size(image), quads, tokens,
-                                np.zeros(len(tokens), bool), lookup, f"{path}, image {key}")
+                record = finish(
+                    image,
+                    image_size(image),
+                    quads,
+                    tokens,
+                    np.zeros(len(tokens), bool),
+                    lookup,
+                    f"{path}, image {key}",
+                )
         else:
             label = _label_path(entry, image)
             if not label.is_file():
@@ -659,8 +675,11 @@ def read_detection_folder(entry: Any) -> DetectionFolder:
     if not records:
         raise entry.error(None, "no image to read", "check 'root', 'image_dir' and 'splits'")
     if not any(len(r) for r in records):
-        raise DataError(entry.where, f"none of its {len(records)} images has an object",
-                        "check 'format' and 'label_dir'; a detector needs objects to learn")
+        raise DataError(
+            entry.where,
+            f"none of its {len(records)} images has an object",
+            "check 'format' and 'label_dir'; a detector needs objects to learn",
+        )
     return DetectionFolder(records, list(order), fmt in ORIENTED_FORMATS, notes)
 
 

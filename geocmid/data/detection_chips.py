@@ -114,8 +114,11 @@ class TorchGeoDOTASource:
 
     def __init__(self, dataset: Any, split: str) -> None:
         if getattr(dataset, "bbox_orientation", "oriented") != "oriented":
-            raise DataError("TorchGeo DOTA", "needs bbox_orientation='oriented' here",
-                            "geocmid derives the axis-aligned boxes from the corners")
+            raise DataError(
+                "TorchGeo DOTA",
+                "needs bbox_orientation='oriented' here",
+                "geocmid derives the axis-aligned boxes from the corners",
+            )
         self.dataset = dataset
         self.split = split
         count = {"1.0": 15, "1.5": 16, "2.0": 18}.get(str(dataset.version), len(dataset.classes))

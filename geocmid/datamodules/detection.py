@@ -134,8 +134,10 @@ class DetectionDataModule(CatalogDataModule):
             for f in files
         ]  # fmt: skip
         if image is None:
-            images = sorted({Path(p) for frame in frames for p in frame["image"]}
-                            | {Path(p) for f in frames for p in f.attrs.get("negatives", [])})
+            images = sorted(
+                {Path(p) for frame in frames for p in frame["image"]}
+                | {Path(p) for f in frames for p in f.attrs.get("negatives", [])}
+            )
             self.image_entry = _image_entry(images)
             self.image_entry.stats = compute_stats(self.image_entry)  # nowhere to store them
             image = imagery_dataset(self.image_entry)
@@ -145,8 +147,11 @@ class DetectionDataModule(CatalogDataModule):
             gpd.pd.concat([f.to_crs(image.crs) for f in frames], ignore_index=True), crs=image.crs
         )
         if boxes.empty:
-            raise DataError(", ".join(str(f) for f in files), "hold no object (only images "
-                            "without objects)", "a detector needs labelled objects to learn")
+            raise DataError(
+                ", ".join(str(f) for f in files),
+                "hold no object (only images without objects)",
+                "a detector needs labelled objects to learn",
+            )
         boxes["geometry"] = shapely.envelope(boxes.geometry.values)  # stay axis-aligned
         classes = hp.object_classes or (label_entry.classes if label_entry else None)
         where = label_entry.where if label_entry else ", ".join(str(f) for f in files)

@@ -18,8 +18,10 @@ from geocmid.workflows.training import fit
 from tests.detection.dota_data import dota_entry, write_dota_folder
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "finetune-detection-chips.yaml"
-FAST = ("{rpn_pre_nms_top_n_train: 300, rpn_post_nms_top_n_train: 150, "
-        "rpn_pre_nms_top_n_test: 150, rpn_post_nms_top_n_test: 100, box_batch_size_per_image: 64}")
+FAST = (
+    "{rpn_pre_nms_top_n_train: 300, rpn_post_nms_top_n_train: 150, "
+    "rpn_pre_nms_top_n_test: 150, rpn_post_nms_top_n_test: 100, box_batch_size_per_image: 64}"
+)
 SMALL = [
     "model.backbone=resnet18", "model.fpn_channels=64", "model.anchor_sizes=[8, 16, 32, 64, 128]",
     "model.scheduler=none", "model.backbone_lr=null", f"model.detector_options={FAST}",
