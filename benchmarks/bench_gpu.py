@@ -209,6 +209,8 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
     warnings.filterwarnings("ignore")
+    import lightning.pytorch  # noqa: F401  (sets its loggers to INFO on import: quiet them after)
+
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.backends.cudnn.benchmark = True

@@ -183,9 +183,10 @@ def _agreement(a: Path, b: Path) -> float:
 
 
 def throughput(
-    size: int, window: int, overlaps: list[int], batch: int, rounds: int, width: int
-) -> list[dict[str, Any]]:
-    model = make_model("conv", width)
+    size: int, window: int, overlaps: list[int], batch: int, rounds: int, width: int,
+    model_kind: str = "conv",
+) -> list[dict[str, Any]]:  # fmt: skip
+    model = make_model(model_kind, width)
     rows = []
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
@@ -212,7 +213,7 @@ def throughput(
             ratio = fairness.paired_ratio(times["plain"], times["geocmid"])
             windows = n_windows(size, window, overlap) ** 2
             print(f"\nscene {size}², window {window}, overlap {overlap} ({windows} windows), "
-                  f"batch {batch}; {fairness.load_average()}")  # fmt: skip
+                  f"batch {batch}, model {model_kind}; {fairness.load_average()}")  # fmt: skip
             print(f"  geocmid  Mpx/s {fairness.fmt(g)}")
             print(f"  plain    Mpx/s {fairness.fmt(p)}")
             print(f"  geocmid / plain throughput (per-round) {fairness.fmt(ratio)}")
@@ -299,6 +300,7 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=8, help="geocmid's default")
     t.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up)")
     t.add_argument("--width", type=int, default=32, help="conv channels of the model")
+    t.add_argument("--model", choices=["conv", "perpixel"], default="conv")
     t.add_argument("--json", type=Path, help="also write the figures here")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
@@ -310,7 +312,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.bench == "throughput":
         rows = throughput(
-            args.size, args.window, args.overlaps, args.batch_size, args.rounds, args.width
+            args.size,
+            args.window,
+            args.overlaps,
+            args.batch_size,
+            args.rounds,
+            args.width,
+            args.model,
         )
     else:
         rows = memory(args.sizes, args.window, args.overlap, args.batch_size, args.model)
