@@ -187,3 +187,35 @@ def test_several_plain_tiles_in_one_entry_are_refused(tmp_path: Path, capsys) ->
     assert "3 of its files have no georeferencing" in err and "stacked" in err
     with pytest.raises(DataError, match="stacked"):
         dataset_from_entry(Catalog(cat).get("tiles"), check=False)
+
+
+@pytest.mark.slow
+def test_fit_on_png_image_and_aligned_png_label_learns(tmp_path: Path, capsys) -> None:
+    """The #10 case: PNG image + PNG label with assign_crs / align_with trained on empty chips
+    (NaN loss, exit 0). On the pixel grid the chips hold data and the model learns."""
+    h = w = 256
+    y, x = np.mgrid[0:h, 0:w]
+    label = ((np.sin(x / 20) + np.cos(y / 25)) > 0).astype(np.uint8) + 1
+    noise = np.random.default_rng(0).integers(0, 40, (h, w))
+    rgb = np.stack([label * 80 + noise, 255 - label * 60, np.full((h, w), 30)], -1)
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(label).save(tmp_path / "lbl.png")
+    cat = tmp_path / "cat"
+    write_entry(cat, "img", "kind: imagery\npaths: ../img.png\nbands: [r, g, b]\n"
+                "assign_crs: EPSG:3857\n")  # fmt: skip
+    write_entry(cat, "lbl", "kind: raster_labels\npaths: ../lbl.png\nalign_with: img\n"
+                "classes: {1: a, 2: b}\n")  # fmt: skip
+    config = Path(__file__).resolve().parents[2] / "recipes" / "finetune-segmentation.yaml"
+    code = main(["--catalog", str(cat), "fit", "--config", str(config), "--set", "data.entry=img",
+                 "--set", "data.labels=lbl", "--set", "data.chip_size=64", "--set",
+                 "data.chips_per_epoch=16", "--set", "data.eval_chips=8", "--set",
+                 "data.batch_size=4", "--max-epochs", "1", "--set",
+                 f"trainer.default_root_dir={tmp_path / 'run'}"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    import pandas as pd
+
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    miou = metrics["val_mIoU"].dropna()
+    assert len(miou) and np.isfinite(miou).all() and miou.iloc[-1] > 0.5
+    assert "NotGeoreferencedWarning" not in captured.err + captured.out

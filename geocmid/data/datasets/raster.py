@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
+import rasterio.errors
 import rasterio.transform
 import torch
 from affine import Affine
@@ -166,7 +168,9 @@ class CatalogRasterDataset(RasterDataset):
         """The file warped to the dataset's CRS, placed as every reader places it
         (:func:`geocmid.data.sources.file_georeferencing`: ``align_with`` grid, geotransform,
         the north-up pixel grid of a file without georeferencing, ``assign_crs``)."""
-        src = rasterio.open(filepath)
+        with warnings.catch_warnings():  # files without georeferencing: placed below
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            src = rasterio.open(filepath)
         try:
             src_crs, src_transform = file_georeferencing(
                 src, self.assign_crs, self.reference_grid
