@@ -14,9 +14,9 @@ The grid of an entry (:func:`build_source`):
 * CRS: the ``crs`` asked for, else the entry's ``crs``, else the first file's (``assign_crs``
   and a borrowed reference grid applied first); files are taken in sorted order, as TorchGeo
   indexes them.
-* resolution: the ``res`` asked for, else the entry's ``res``, else, with one file per band, the
-  finest band's (Sentinel-2: the 10 m bands even when B01 at 60 m is listed first), else the first
-  file's.
+* resolution: the ``res`` asked for, else the entry's ``res``, else the finest file's (one file
+  per band: the finest band's, Sentinel-2's 10 m bands even when B01 at 60 m is listed first; a
+  mosaic: its finest tile's).
 * extent: the union of every file's footprint, on the pixel lattice of the file that gave the
   resolution (when it is north-up in the grid's CRS at that resolution), else anchored at the
   union's top-left corner. A single file at its own resolution is read on exactly its own grid.
@@ -507,7 +507,7 @@ def build_source(
         filename_regex: a ``date_pattern``: files whose name does not contain it are left out
             (TorchGeo's rule, but searched anywhere in the name: :func:`date_search_regex`).
         crs: CRS of the grid (``EPSG:…``, rasterio or pyproj CRS; default: the first file's).
-        res: resolution of the grid in CRS units (default: the finest band's / first file's).
+        res: resolution of the grid in CRS units (default: the finest file's).
         grid: read on exactly this grid instead (crs and res are then ignored).
         nodata: nodata value overriding the files' own.
         assign_crs: CRS assumed for every file.
@@ -579,10 +579,11 @@ def _entry_grid(
     first = layers[0]
     target = _as_rio_crs(crs) or headers[first[0][0]].crs
     natives = {p: _native_grid(h, target) for p, h in headers.items()}
-    if separate:  # the finest band of the first layer (smallest pixel area)
-        reference = min((p for p, _ in first), key=lambda p: natives[p].res[0] * natives[p].res[1])
-    else:
-        reference = first[0][0]
+    # The finest file (smallest pixel area; the first such in band and sorted-file order):
+    # the 10 m bands of a Sentinel-2 entry listing B01 at 60 m first, the 10 m tile of a mosaic
+    # whose first tile is 20 m.
+    files = dict.fromkeys(p for layer in layers for p, _ in layer)
+    reference = min(files, key=lambda p: natives[p].res[0] * natives[p].res[1])
     ref = natives[reference]
     if res is None:
         res = ref.res

@@ -158,3 +158,21 @@ def test_validate_catches_a_truncated_raster(tmp_path: Path, capsys) -> None:
     code, out = validate(tmp_path / "cat", "img", capsys)
     assert code != 0 and "img.tif" in out and "truncated or corrupt" in out
     assert "Traceback" not in out and len(out.strip().splitlines()) <= 2
+
+
+def test_mosaic_of_tiles_at_two_resolutions_is_read_on_the_finest(tmp_path: Path) -> None:
+    """Another case of item 1: tiles of one entry at 20 m (first in sorted order) and 10 m;
+    the entry is read on the 10 m tile's lattice and that tile's pixels come out unchanged."""
+    coarse = smooth_field((30, 20), seed=1, bands=2)
+    fine = smooth_field((60, 40), seed=2, bands=2)
+    write_raster(tmp_path / "t" / "a.tif", coarse, origin=ORIGIN, res=20.0)
+    right = (ORIGIN[0] + 400.0, ORIGIN[1])
+    write_raster(tmp_path / "t" / "b.tif", fine, origin=right, res=10.0)
+    write_entry(tmp_path / "cat", "m", "kind: imagery\npaths: ../t\nbands: [x, y]\n")
+    source = imagery_source(Catalog(tmp_path / "cat").get("m"))
+    assert source.grid.transform == from_origin(*ORIGIN, 10.0, 10.0)
+    assert (source.grid.width, source.grid.height) == (80, 60)
+    with source.reader() as reader:
+        data, valid = reader.read(0, 60, 0, 80)
+    assert valid.all()
+    np.testing.assert_array_equal(data[:, :, 40:], fine)

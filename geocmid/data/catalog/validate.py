@@ -4,7 +4,7 @@
 exist and are readable rasters/vectors, band counts match the declaration, georeferencing is
 present (or supplied by the entry), class attributes exist, ``align_with`` masks are the size of
 the grid their imagery entry is read on (:func:`geocmid.data.sources.imagery_source`: its ``res``,
-else its finest band file, else its first file), and bitemporal dates overlap.
+else its finest file), and bitemporal dates overlap.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def check_georeferencing(info: RasterInfo, assign_crs: str | None) -> None:
 def entry_grid(entry: ImageryEntry) -> Grid:
     """The grid ``entry`` is read on (training and prediction alike), its files checked first.
 
-    Its ``crs``/``res`` if given, else the finest band file's (``band_files``) or the first
-    file's; the extent covers every file (:func:`geocmid.data.sources.imagery_source`).
+    Its ``crs``/``res`` if given, else the finest file's (band file or tile); the extent covers
+    every file (:func:`geocmid.data.sources.imagery_source`).
     """
     validate_imagery(entry)
     return imagery_source(entry).grid
@@ -125,7 +125,7 @@ def _grid_origin(entry: ImageryEntry) -> str:
         return "its 'res'"
     if entry.band_files:
         return "its finest band file"
-    return "its first file"
+    return "its finest file"
 
 
 def check_aligned(infos: list[RasterInfo], reference: ImageryEntry) -> None:
