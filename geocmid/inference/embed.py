@@ -228,8 +228,8 @@ def _write_geoparquet(
             if not len(cols):
                 continue
             width = vec.shape[1]
-            xs0, ys0 = t * (cols, np.full(len(cols), r0))
-            xs1, ys1 = t * (cols + chip, np.full(len(cols), r0 + chip))
+            xs0, ys0 = _apply(t, cols, r0)
+            xs1, ys1 = _apply(t, cols + chip, r0 + chip)
             boxes = shapely.box(
                 np.minimum(xs0, xs1), np.minimum(ys0, ys1), np.maximum(xs0, xs1),
                 np.maximum(ys0, ys1),
@@ -267,6 +267,11 @@ def _write_geoparquet(
             writer.close()
         tmp.unlink(missing_ok=True)
     return total, width
+
+
+def _apply(t: Any, cols: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Map pixel corners ``(cols, row)`` to CRS coordinates with the affine ``t``."""
+    return t.c + t.a * cols + t.b * row, t.f + t.d * cols + t.e * row
 
 
 def read_embeddings(path: str | os.PathLike[str]) -> Any:
