@@ -72,9 +72,27 @@ class CatalogDataModule(BaseDataModule):
         }
 
 
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of geocmid's loaders: default SIGTERM, ignored SIGINT in workers.
+
+    Forked workers inherit the main process's Python signal handlers (Lightning's SIGTERM
+    notifier, the ``geocmid`` command's interrupt handler). When the loader shuts its workers
+    down with SIGTERM, the inherited handler ran in the worker during interpreter teardown and
+    printed "[rank: 0] Received SIGTERM" and "Error in sys.excepthook" at the end of every
+    ``torchgeo fit`` / ``geocmid`` run with ``num_workers > 0``. Ctrl-C is the main process's to
+    handle; it stops the workers itself.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: Any) -> DataLoader:
     """A DataLoader over a geo sampler, collating TorchGeo samples; workers persist between
-    epochs (re-forking them every epoch costs seconds and empties their GDAL caches)."""
+    epochs (re-forking them every epoch costs seconds and empties their GDAL caches) and
+    take default signal handling (:func:`worker_init`)."""
+    kw.setdefault("worker_init_fn", worker_init if num_workers > 0 else None)
     return DataLoader(
         dataset,
         batch_size=batch_size,

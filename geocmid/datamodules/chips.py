@@ -16,7 +16,7 @@ from geocmid.data.chips import FeatureChipDataset, FeatureChipSampler, random_fl
 from geocmid.data.datasets import imagery_dataset
 from geocmid.data.sampling import rank_and_world_size, rank_seed, spatial_split_regions
 from geocmid.data.stats import Normalize, entry_normalizer
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class FeatureChipDataModule(CatalogDataModule):
         return DataLoader(
             dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
             collate_fn=stack_samples, drop_last=shuffle and len(sampler) >= hp.batch_size,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
