@@ -130,6 +130,7 @@ FIT = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a demo dataset and a short fit (about a minute on 2 busy cores)
 def test_fit_with_a_nan_loss_exits_non_zero_with_one_line_and_a_failed_status(
     demo: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
