@@ -6,6 +6,8 @@ YOLO-OBB, NWPU VHR-10, polygon CSV, CSV, VOC), or a ``torchgeo_dataset`` entry o
 :class:`~geocmid.tasks.detection.DetectionTask`:
 
 * images are read on their pixel grid (no CRS, no geographic footprint);
+* under DDP every rank draws its own training windows (``chips_per_epoch`` shared out) and
+  scores a disjoint share of the evaluation windows (torchmetrics gathers them);
 * training draws ``chips_per_epoch`` random ``chip_size`` windows from the train images
   (flips as augmentation); validation and test tile their images in a fixed grid of windows,
   so every object of an evaluation image is scored once (objects cut by a window edge follow
@@ -35,6 +37,7 @@ from geocmid.data.detection_chips import (
     TorchGeoDOTASource,
     grid_windows,
 )
+from geocmid.data.sampling import rank_and_world_size, rank_seed
 from geocmid.data.stats import Normalize
 from geocmid.datamodules.base import CatalogDataModule, stats_from_card
 from geocmid.errors import ConfigError, DataError
@@ -293,8 +296,10 @@ class DetectionFolderDataModule(CatalogDataModule):
         self.setup()
         hp = self.hparams
         ds = self.datasets["train"]
-        length = max(hp.batch_size, hp.chips_per_epoch)
-        sampler = RandomWindowSampler(ds.sizes, hp.chip_size, self.images["train"], length, hp.seed)
+        _, world = rank_and_world_size()  # each rank draws its own share (DDP)
+        length = max(hp.batch_size, hp.chips_per_epoch // world)
+        seed = hp.seed if world == 1 else rank_seed(hp.seed)
+        sampler = RandomWindowSampler(ds.sizes, hp.chip_size, self.images["train"], length, seed)
         return self._loader("train", sampler, drop_last=True)
 
     def eval_windows(self, split: str) -> list[tuple[int, int, int]]:
@@ -308,11 +313,15 @@ class DetectionFolderDataModule(CatalogDataModule):
             windows = [windows[k] for k in dict.fromkeys(keep.tolist())]
         return windows
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = rank_and_world_size()  # ranks score disjoint windows; metrics sync
+        return self._loader(split, self.eval_windows(split)[rank::world])
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_windows("val"))
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_windows("test"))
+        return self._eval_loader("test")
 
 
 def _band_names(n: int) -> list[str]:
