@@ -186,6 +186,11 @@ def lightning_comparison(args: argparse.Namespace) -> dict[str, Any]:
             trainer.fit(tasks[name], DataLoader(data, batch_size=args.batch))
             st = timer.stamps
             gaps[name] += [b - a for a, b in itertools.pairwise(st[1:])]  # first step dropped
+            # printed as they come, so partial figures survive an interrupted run
+            print(
+                f"  round {r} {name}: " + " ".join(f"{g:.3f}" for g in gaps[name][-n + 1 :]),
+                flush=True,
+            )
     print(f"\n(2) training step under Lightning, s/step; {fairness.load_average()}")
     out: dict[str, Any] = {"load": fairness.load_average()}
     for name, g in gaps.items():
