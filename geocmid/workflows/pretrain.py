@@ -190,10 +190,13 @@ def _signature(path: Path, cls: str) -> tuple[tuple[str, Any, str, str], ...]:
     defaults = [None] * (len(positional) - len(init.args.defaults)) + list(init.args.defaults)
     defaults += list(init.args.kw_defaults)
     helps = _docstring_args(ast.get_docstring(node) or "")
+    constants = _module_constants(tree)
     out = []
     for arg, default in zip(args, defaults, strict=True):
         if default is None:
             value: Any = REQUIRED
+        elif isinstance(default, ast.Name) and default.id in constants:
+            value = constants[default.id]  # e.g. match_fraction = PAPER_MATCH_FRACTION
         else:
             try:
                 value = ast.literal_eval(default)
@@ -202,6 +205,44 @@ def _signature(path: Path, cls: str) -> tuple[tuple[str, Any, str, str], ...]:
         kind = ast.unparse(arg.annotation) if arg.annotation is not None else ""
         out.append((arg.arg, value, kind, helps.get(arg.arg, "")))
     return tuple(out)
+
+
+def _module_constants(tree: ast.Module, depth: int = 0) -> dict[str, Any]:
+    """Module-level ``NAME = value`` constants of a source file: literals, and arithmetic on
+    literals and earlier constants (``PAPER_MATCH_FRACTION = 20 / 49``)."""
+    out: dict[str, Any] = {}
+    for node in tree.body:  # constants imported from other geocmid modules
+        geocmid_module = (node.module or "").startswith("geocmid.") if isinstance(
+            node, ast.ImportFrom) else False  # fmt: skip
+        if isinstance(node, ast.ImportFrom) and geocmid_module and depth < 3:
+            base = _PACKAGE.parent / Path(*str(node.module).split("."))
+            source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else (
+                base / "__init__.py"
+            )  # fmt: skip
+            if source.is_file():
+                names = _module_constants(ast.parse(source.read_text()), depth + 1)
+                out.update({a.asname or a.name: names[a.name] for a in node.names
+                            if a.name in names})  # fmt: skip
+    for node in tree.body:
+        target = value = None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        if not isinstance(target, ast.Name) or value is None:
+            continue
+        try:
+            out[target.id] = ast.literal_eval(value)
+        except ValueError:
+            allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name,
+                       ast.operator, ast.unaryop, ast.Load)  # fmt: skip
+            expr = ast.Expression(value)
+            if all(isinstance(n, allowed) for n in ast.walk(expr)) and all(
+                n.id in out for n in ast.walk(expr) if isinstance(n, ast.Name)
+            ):
+                code = compile(expr, "<constant>", "eval")
+                out[target.id] = eval(code, {"__builtins__": {}}, dict(out))
+    return out
 
 
 class _Required:
