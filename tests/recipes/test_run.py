@@ -26,7 +26,11 @@ def test_quickstart_writes_map_polygons_styles_report(quickstart: Path) -> None:
     assert 'attr="class_name"' in (maps / "change.qml").read_text()
     scores = json.loads((maps / "change_evaluation.json").read_text())
     assert scores["pixels"] > 0 and 0 <= scores["f1"] <= 1
-    assert scores["positive_fraction_reference"] > 0, "the demo plants changes"
+    # The recipe scores the held-out test blocks only (never the training area); the tiny
+    # demo's test blocks may hold no planted change, which the evaluation must then say.
+    assert scores["scored_area"]["kind"] == "test split of the fine-tuning"
+    if scores["positive_fraction_reference"] == 0:
+        assert "holds no" in scores["warning"]
     report = (quickstart / "report.md").read_text()
     assert "maps/change_quicklook.png" in report and "f1" in report
     assert (quickstart / "recipe.yaml").is_file() and (quickstart / "logs" / "run.log").is_file()
