@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--chip-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chips", type=int, default=0, help="chips per epoch (0: every image)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-chip-knn"))
     parser.add_argument("--export", type=Path, help="score this export instead of pretraining")
     parser.add_argument("--limit", type=int, default=0, help="images per split (0: all)")
@@ -70,6 +71,7 @@ def main() -> None:
                 "--chip-size", str(args.chip_size), "--batch-size", str(args.batch_size),
                 "--epochs", str(args.epochs), "--run-dir", str(run),
                 "--set", "data.num_workers=0", "--set", "model.warmup_epochs=1",
+                *(["--set", f"data.chips_per_epoch={args.chips}"] if args.chips else []),
                 *[a for k, v in TINY.items() for a in ("--set", f"model.{k}={v}")]]  # fmt: skip
         assert cli(argv) == 0
         assert cli(["export", str(run / "checkpoints/last.ckpt"), str(export), "--overwrite"]) == 0
