@@ -45,3 +45,32 @@ def levir_layout(root: Path, size: int = 64, counts: dict[str, int] | None = Non
             write_png(root / split / "B" / f"{split}_{i}.png", b)
             write_png(root / split / "label" / f"{split}_{i}.png", label)
     return root
+
+
+def benchmark_catalog(root: Path) -> Path:
+    """Tiny data under ``root`` and a catalog naming them as the shipped entries the benchmark
+    recipes use (nwpu-resisc45, dubai-aerial, levir-cd-folders); returns the catalog folder."""
+    rng = np.random.default_rng(0)
+    for c in ("beach", "forest"):
+        for i in range(6):
+            img = rng.integers(0, 255, (48, 48, 3), np.uint8)
+            write_png(root / "nwpu" / c / f"{c}_{i}.jpg", img)
+    for t in range(3):
+        mask = np.where(blobs(rng, 64)[..., None], (60, 16, 152), (254, 221, 58)).astype(np.uint8)
+        img = rng.integers(0, 255, (64, 64, 3), np.uint8)
+        write_png(root / "dubai" / f"Tile {t}" / "images" / "a.jpg", img)
+        write_png(root / "dubai" / f"Tile {t}" / "masks" / "a.png", mask)
+    levir_layout(root / "LEVIR-CD", size=64)
+    cat = root / "catalog"
+    cat.mkdir(parents=True, exist_ok=True)
+    (cat / "nwpu-resisc45.yaml").write_text("kind: image_folder\nroot: ../nwpu\n")
+    (cat / "dubai-aerial.yaml").write_text(
+        "kind: chip_segmentation\nroot: ../dubai\nmask_format: colors\n"
+        "classes: {0: {name: building, color: '#3C1098'},\n"
+        "          1: {name: vegetation, color: '#FEDD3A'}}\n"
+        "splits: {train: 'Tile 0', val: 'Tile 1', test: 'Tile 2'}\n"
+    )
+    (cat / "levir-cd-folders.yaml").write_text(
+        "kind: chip_change\nroot: ../LEVIR-CD\nsplits: {train: train, val: val, test: test}\n"
+    )
+    return cat

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from geocmid.cli import main
-from tests.chips.fixtures import blobs, levir_layout, write_png
-from tests.rasters import write_entry
+from tests.chips.fixtures import benchmark_catalog
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -18,30 +16,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Entries named as the shipped ones (nwpu-resisc45, dubai-aerial, levir-cd-folders)."""
-    root = tmp_path_factory.mktemp("bench")
-    rng = np.random.default_rng(0)
-    for c in ("beach", "forest"):
-        for i in range(6):
-            write_png(
-                root / "nwpu" / c / f"{c}_{i}.jpg", rng.integers(0, 255, (48, 48, 3), np.uint8)
-            )
-    for t in range(3):
-        mask = np.where(blobs(rng, 64)[..., None], (60, 16, 152), (254, 221, 58)).astype(np.uint8)
-        write_png(
-            root / "dubai" / f"Tile {t}" / "images" / "a.jpg",
-            rng.integers(0, 255, (64, 64, 3), np.uint8),
-        )
-        write_png(root / "dubai" / f"Tile {t}" / "masks" / "a.png", mask)
-    levir_layout(root / "LEVIR-CD", size=64)
-    cat = root / "catalog"
-    write_entry(cat, "nwpu-resisc45", "kind: image_folder\nroot: ../nwpu\n")
-    write_entry(cat, "dubai-aerial", "kind: chip_segmentation\nroot: ../dubai\n"
-                "mask_format: colors\nclasses: {0: {name: building, color: '#3C1098'}, "
-                "1: {name: vegetation, color: '#FEDD3A'}}\n"
-                "splits: {train: 'Tile 0', val: 'Tile 1', test: 'Tile 2'}\n")  # fmt: skip
-    write_entry(cat, "levir-cd-folders", "kind: chip_change\nroot: ../LEVIR-CD\n"
-                "splits: {train: train, val: val, test: test}\n")  # fmt: skip
-    return cat
+    return benchmark_catalog(tmp_path_factory.mktemp("bench"))
 
 
 @pytest.mark.parametrize("name", ["scene-classification", "segmentation", "change"])
