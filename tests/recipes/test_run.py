@@ -97,6 +97,10 @@ def test_every_recipe_runs_tiny(recipe: Path, quickstart: Path, tmp_path: Path, 
         write_dota_folder(tmp_path / "DOTA", {"train": 3, "val": 2}, size=128, count=3)
         dota_entry(tmp_path / "catalog", "dota-v1", tmp_path / "DOTA")
         args.append(f"catalog={tmp_path / 'catalog'}")
+    if recipe.stem.startswith("benchmark-"):  # chip datasets laid out as the benchmarks ship
+        from tests.chips.fixtures import benchmark_catalog
+
+        args += [f"catalog={benchmark_catalog(tmp_path / 'data')}", "device=cpu"]
     args += ["--tiny", "--run-dir", str(tmp_path / "run")]
     assert _run([*args, "--dry-run"], tmp_path) == 0
     assert "--dry-run: nothing was run" in capsys.readouterr().out
