@@ -90,7 +90,10 @@ def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
     """
     hp = ckpt["hyper_parameters"]
     progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    epochs = int(progress.get("current", {}).get("completed", ckpt.get("epoch", 0)))
+    # Epoch-end checkpoints (RunCheckpoint) are written after Lightning has processed the epoch
+    # but before it counts it completed: the larger of the two is the epochs trained.
+    current = progress.get("current", {})
+    epochs = int(max(current.get("processed", 0), current.get("completed", ckpt.get("epoch", 0))))
     card: dict[str, Any] = {
         "task": "backbone",
         "bands": list(hp["bands"]) if hp.get("bands") else None,

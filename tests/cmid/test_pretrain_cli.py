@@ -116,7 +116,9 @@ def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> Non
     assert main(["pretrain", "--config", str(config), "--epochs", "2"]) == 0
     ckpt = last_ckpt(run_dir)
     assert ckpt["global_step"] == 2
-    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
+    # last.ckpt is written at each epoch's end (RunCheckpoint), when Lightning has processed the
+    # epoch but not yet counted it completed; a resume from it starts the next epoch
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
     assert list((run_dir / "quicklook").glob("recon_epoch0002.png"))
     # it trained the second epoch only (logged as a new version: the first one's metrics stay)
     second = list(csv.DictReader((run_dir / "csv" / "version_1" / "metrics.csv").open()))
@@ -224,7 +226,6 @@ def test_real_geotiff(shared_data: Path, tmp_path: Path) -> None:
         ({"model": {"optimizer": "adamx"}}, [], "did you mean 'adamw'"),
         ({"data": {"batch_size": "eight"}}, [], "expected int"),
         ({"data": {"entry": None}}, [], "data.init_args.entry"),
-        ({"data": {"entry": "chips"}}, [], "image_folder"),
         ({}, ["--trainer.callbacks.HealthMonitor.knn_entry", "rgb"],
          "trainer.callbacks.HealthMonitor.knn_entry"),
         ({}, ["--set", "optim.base_lr=1e-3"], "it is now 'model.base_lr'"),
