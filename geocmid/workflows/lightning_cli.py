@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 def one_log_handler() -> None:
@@ -167,8 +168,11 @@ class GeocmidCLI(LightningCLI):
         root = Path(config.get("default_root_dir") or Path.cwd())
         if "logger" not in kwargs and config.get("logger") in (None, True):
             # metrics.csv and the TensorBoard events straight in the run folder
+            # A rerun that resumes from last.ckpt appends to the run's metrics.csv (Lightning's
+            # writer would delete it, losing the epochs before the interruption).
+            resuming = (root / "checkpoints" / "last.ckpt").is_file()
             kwargs["logger"] = [
-                CSVLogger(root, name="", version=""),
+                (AppendingCSVLogger if resuming else CSVLogger)(root, name="", version=""),
                 TensorBoardLogger(root, name="", version=""),
             ]
         if not show_progress():
@@ -213,3 +217,25 @@ class GeocmidCLI(LightningCLI):
 
 
 __all__ = ["TRAINER_DEFAULTS", "GeocmidCLI", "best_checkpoint", "monitor_of", "show_progress"]
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, keeping an existing ``metrics.csv`` and its columns."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = file.readline().strip()
+            self.metrics_keys = sorted(k for k in header.split(",") if k)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """A :class:`~lightning.pytorch.loggers.CSVLogger` that appends to the run's
+    ``metrics.csv`` instead of replacing it (used when a run resumes from ``last.ckpt``)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
