@@ -775,6 +775,13 @@ def pretrain(
     preflight = getattr(datamodule, "preflight", None)
     if callable(preflight):  # a scene or tiles too small for a chip: refused before training
         preflight()
+    # A resume that fails (a checkpoint that does not fit this config) must leave the run's
+    # record as it was: keep the previous config and status to put back.
+    previous = {
+        name: (run_dir / name).read_text()
+        for name in ("config.yaml", "status.json")
+        if result.resumed and (run_dir / name).is_file()
+    }
     if _is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         header = (
@@ -796,7 +803,12 @@ def pretrain(
                      str(last) if result.resumed else None, where)  # fmt: skip
         _check_pretrained(trainer, run_dir)
     except BaseException as error:
-        if _is_rank_zero():
+        from geocmid.errors import ModelError
+
+        if _is_rank_zero() and isinstance(error, ModelError) and previous:
+            for name, text in previous.items():  # the checkpoint was refused: nothing changed
+                _write_yaml(run_dir / name, text)
+        elif _is_rank_zero():
             write_status(run_dir, status_of_error(error), _message(error), stage="pretrain",
                          epoch=int(trainer.current_epoch),
                          global_step=int(trainer.global_step))  # fmt: skip

@@ -271,9 +271,14 @@ def _run_trainer(
     except RuntimeError as error:
         text = str(error)
         if ckpt_path and ("state_dict" in text or "size mismatch" in text):
+            # torch's first line only says "Error(s) in loading state_dict for X:"; the keys
+            # and shapes that differ follow on the next lines
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+            detail = detail[:400] + (" ..." if len(detail) > 400 else "")
             raise ModelError(
                 f"checkpoint '{ckpt_path}'",
-                "does not fit this model: " + text.strip().splitlines()[0][:300],
+                "does not fit this model: " + detail,
                 "resume with the config it was trained with, or start afresh in another "
                 "folder (--out / trainer.default_root_dir)",
             ) from None

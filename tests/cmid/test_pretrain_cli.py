@@ -269,3 +269,18 @@ def test_export_rejects_foreign_checkpoints(tmp_path: Path, capsys) -> None:
     assert "not a CMID pretraining checkpoint" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "x")]) == 2
     assert not list(tmp_path.glob("x*"))
+
+
+def test_failed_resume_leaves_the_run_record_alone(catalog: Path, tmp_path: Path, capsys) -> None:
+    """Rerunning a run folder with a config its last.ckpt does not fit is one clear error (with
+    the keys that differ), and the run's config.yaml and status.json stay those of the run."""
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
+    assert main(["pretrain", "--config", str(config)]) == 0
+    before = {n: (run_dir / n).read_text() for n in ("config.yaml", "status.json")}
+    other = write_config(tmp_path / "d.yaml", catalog, "rgb", "resnet34", run_dir)
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(other)]) != 0
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "layer" in err  # the differing keys are named
+    assert {n: (run_dir / n).read_text() for n in before} == before
