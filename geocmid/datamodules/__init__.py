@@ -9,6 +9,7 @@ from geocmid.datamodules.chip_pretrain import ChipPretrainDataModule
 from geocmid.datamodules.chips import FeatureChipDataModule
 from geocmid.datamodules.chipsets import ChipChangeDataModule, ChipSegmentationDataModule
 from geocmid.datamodules.detection import DetectionDataModule
+from geocmid.datamodules.detection_folder import DetectionFolderDataModule
 from geocmid.datamodules.folder import ImageFolderDataModule
 from geocmid.datamodules.geo import SupervisedGeoDataModule
 from geocmid.datamodules.pretrain import PretrainDataModule
@@ -21,6 +22,7 @@ __all__ = [
     "ChipPretrainDataModule",
     "ChipSegmentationDataModule",
     "DetectionDataModule",
+    "DetectionFolderDataModule",
     "FeatureChipDataModule",
     "ImageFolderDataModule",
     "PretrainDataModule",

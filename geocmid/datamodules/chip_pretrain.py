@@ -37,7 +37,7 @@ from geocmid.data.chipsets import (
     records,
 )
 from geocmid.data.stats import Normalize
-from geocmid.datamodules.base import CatalogDataModule
+from geocmid.datamodules.base import CatalogDataModule, worker_init
 from geocmid.datamodules.chipsets import image_stats
 from geocmid.errors import ConfigError, DataError
 
@@ -270,6 +270,7 @@ class ChipPretrainDataModule(CatalogDataModule):
         hp = self.hparams
         return DataLoader(
             self.dataset, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             drop_last=True, persistent_workers=hp.num_workers > 0,
         )  # fmt: skip
 

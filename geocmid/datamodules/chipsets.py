@@ -37,7 +37,7 @@ from geocmid.data.chipsets import (
     records,
     split_indices,
 )
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,7 @@ class _PairedChipDataModule(CatalogDataModule):
         train = split == "train"
         return DataLoader(
             dataset, batch_size=hp.batch_size, shuffle=False, num_workers=hp.num_workers,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             drop_last=train and len(dataset) > hp.batch_size,
             persistent_workers=hp.num_workers > 0,
         )  # fmt: skip

@@ -24,7 +24,7 @@ from geocmid.data.sampling import (
     spatial_split_regions,
 )
 from geocmid.data.stats import Normalize, compute_stats, entry_normalizer
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ class DetectionDataModule(CatalogDataModule):
         hp = self.hparams
         return DataLoader(
             self.dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             collate_fn=collate_boxes, persistent_workers=hp.num_workers > 0, **kw,
         )  # fmt: skip
 

@@ -39,7 +39,7 @@ from geocmid.data.detection_chips import (
 )
 from geocmid.data.sampling import rank_and_world_size, rank_seed
 from geocmid.data.stats import Normalize
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -288,6 +288,7 @@ class DetectionFolderDataModule(CatalogDataModule):
         hp = self.hparams
         return DataLoader(
             self.datasets[split], batch_size=hp.batch_size, sampler=sampler,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             num_workers=hp.num_workers, collate_fn=collate_boxes,
             persistent_workers=hp.num_workers > 0, **kw,
         )  # fmt: skip

@@ -21,7 +21,7 @@ from geocmid.data.chips import random_flips
 from geocmid.data.chipsets import band_names, image_folder_records, split_indices
 from geocmid.data.datasets import image_folder_dataset
 from geocmid.data.stats import Normalize
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class ImageFolderDataModule(CatalogDataModule):
         dataset = _Transformed(Subset(self.dataset, self.splits[split]), self._transform(train))
         return DataLoader(
             dataset, batch_size=hp.batch_size, shuffle=train, num_workers=hp.num_workers,
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             drop_last=train and len(dataset) > hp.batch_size,
             generator=torch.Generator().manual_seed(hp.seed) if train else None,
         )  # fmt: skip

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from geocmid.data.catalog import Catalog, ClassInfo, TorchGeoDatasetEntry
 from geocmid.data.classes import default_color
-from geocmid.datamodules.base import CatalogDataModule, stats_from_card
+from geocmid.datamodules.base import CatalogDataModule, stats_from_card, worker_init
 from geocmid.datamodules.chipsets import PairedChips, grid_windows
 from geocmid.errors import ConfigError, DataError
 
@@ -266,6 +266,7 @@ class TorchGeoChipDataModule(CatalogDataModule):
             dataset = TorchGeoTiles(base, hp.chip_size, *self.stats, windows=windows)
         return DataLoader(
             dataset, batch_size=hp.batch_size, shuffle=train and self.task == "classification",
+            worker_init_fn=worker_init if hp.num_workers > 0 else None,
             num_workers=hp.num_workers, drop_last=train and len(dataset) > hp.batch_size,
             persistent_workers=hp.num_workers > 0,
         )  # fmt: skip

@@ -80,7 +80,7 @@ def _training_section(res: Resolved, lines: list[str]) -> None:
     if "finetune" in res.steps:
         root = res.step_dir("finetune")
         rows = _read_csv(root / "metrics.csv") if (root / "metrics.csv").is_file() else []
-        keys = ["val_loss", "val_change_F1", "val_mIoU", "val_OA", "val_map_50"]
+        keys = ["val_loss", "val_change_F1", "val_mIoU", "val_OA", "val_map_50", "val_obb_map_50"]
         png = plot_curves(root / "metrics.csv", keys, figures / "finetune.png", "fine-tuning")
         lines += ["## Fine-tuning", ""]
         last = {}

@@ -179,8 +179,8 @@ class ImageryEntry(Entry):
         "crs": (False, "CRS to warp to, e.g. EPSG:32633 (default: the first file's)"),
         "res": (
             False,
-            "resolution the entry is read on, in CRS units (default: the finest band file's "
-            "with band_files, else the first file's)",
+            "resolution the entry is read on, in CRS units (default: the finest file's, band file "
+            "or tile)",
         ),
         "assign_crs": (False, "CRS to assume for files that carry none or a wrong one"),
         "stats": (False, "per-band normalisation statistics (written by `catalog stats`)"),
