@@ -53,7 +53,11 @@ def test_paths_keep_what_the_user_wrote():
 
 def test_catalog_entry_reads_vsizip_and_file_url_like_the_plain_file(zipped, tmp_path, monkeypatch):
     scene, _ = zipped
-    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN", raising=False)
+    # set, then delete: monkeypatch then removes what the entry's gdal_env sets when the test
+    # ends (a bare delenv of an unset variable records nothing, and EMPTY_DIR would leak into
+    # later tests: GDAL's ENVI driver cannot find its .hdr beside the file then)
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "")
+    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN")
     monkeypatch.setattr("geocmid.data.paths._APPLIED", {})
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
