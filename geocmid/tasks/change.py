@@ -28,7 +28,7 @@ from torchgeo.models import ChangeViT, FCSiamConc, FCSiamDiff
 from torchgeo.tasks import ChangeDetection
 
 from geocmid.errors import ConfigError
-from geocmid.tasks.common import ChangeBinary, FinetuneMixin
+from geocmid.tasks.common import ChangeBinary, FinetuneMixin, log_val_loss
 from geocmid.tasks.encoders import (
     EncoderSource,
     copy_encoder,
@@ -199,7 +199,7 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
             x = rearrange(x, "b t c h w -> b (t c) h w")
         y = y.squeeze(1).long() if y.ndim == 4 else y.long()
         y_hat = self(x)
-        self.log("val_loss", self.criterion(y_hat, y), batch_size=x.shape[0])
+        log_val_loss(self, y_hat, y)
         self.val_metrics(y_hat, y)
 
 

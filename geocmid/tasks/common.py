@@ -399,3 +399,20 @@ def _provenance(weights: Any) -> dict[str, Any]:
         return {}
     export = ModelCard.from_file(path)
     return {"gsd": export.gsd, "pretraining": dict(export.pretraining)}
+
+
+def log_val_loss(task: Any, y_hat: Any, y: Any) -> None:
+    """Log ``val_loss`` weighted by the batch's labelled pixels.
+
+    A batch without any labelled pixel (sparse labels) is left out: its loss is a mean over no
+    pixel (NaN) and would make the whole epoch's ``val_loss`` NaN. Whether an epoch held any
+    labelled pixel at all is :class:`geocmid.tasks.guards.TrainingGuard`'s check.
+
+    Args:
+        task: the task (``criterion`` and ``hparams['ignore_index']``).
+        y_hat: logits ``[B, K, H, W]``; y: targets ``[B, H, W]`` int64.
+    """
+    ignore = task.hparams.get("ignore_index")
+    valid = int((y != ignore).sum()) if ignore is not None else int(y.numel())
+    if valid:
+        task.log("val_loss", task.criterion(y_hat, y), batch_size=valid)

@@ -19,7 +19,7 @@ from torchgeo.tasks import SemanticSegmentation
 
 from geocmid.errors import ConfigError
 from geocmid.models.backbones import Backbone
-from geocmid.tasks.common import FinetuneMixin
+from geocmid.tasks.common import FinetuneMixin, log_val_loss
 from geocmid.tasks.encoders import (
     EncoderSource,
     copy_encoder,
@@ -178,7 +178,7 @@ class SegmentationTask(FinetuneMixin, SemanticSegmentation):
         x, y = batch["image"], batch["mask"]
         y_hat = self(x)
         self.val_metrics(y_hat, y)
-        self.log("val_loss", self.criterion(y_hat, y), batch_size=x.shape[0])
+        log_val_loss(self, y_hat, y)
 
 
 __all__ = ["DECODERS", "SegmentationTask", "build_smp", "init_smp_encoder"]
