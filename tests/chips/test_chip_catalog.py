@@ -43,6 +43,7 @@ def dubai_entry(cat: Path, shared: Path, extra: str = "ignore_colors: ['#000000'
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_dubai_colour_masks_palette_and_rgb(tmp_path: Path, shared_data: Path) -> None:
     dubai_entry(tmp_path, shared_data)
     entry = Catalog(tmp_path).get("dubai")

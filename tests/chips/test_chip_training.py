@@ -26,6 +26,7 @@ def _trainer(tmp_path: Path, epochs: int = 1, **kw) -> L.Trainer:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_chip_change_fit_learns_on_levir_layout(tmp_path: Path) -> None:
     from geocmid.datamodules import ChipChangeDataModule
     from geocmid.tasks.change import ChangeTask
@@ -48,6 +49,7 @@ def test_chip_change_fit_learns_on_levir_layout(tmp_path: Path) -> None:
     assert f1 > 0.5, f1  # bright new buildings on a dull background: easy, if the data is right
 
 
+@pytest.mark.slow
 def test_chip_segmentation_fit_colour_masks(tmp_path: Path) -> None:
     from geocmid.datamodules import ChipSegmentationDataModule
     from geocmid.tasks.segmentation import SegmentationTask
@@ -157,6 +159,7 @@ def _few_images(shared_data: Path, tmp_path: Path, per_class: int = 6) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_pretrain_on_plain_rgb_folder_exports_and_probes(tmp_path: Path, shared_data: Path) -> None:
     root = _few_images(shared_data, tmp_path)
     cat = tmp_path / "cat"

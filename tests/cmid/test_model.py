@@ -67,6 +67,7 @@ def test_invalid_chip_size_names_the_setting(
         CMIDModel(name, 3, size, **SMALL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "bands", "steps"),
     [("resnet18", 3, 6), ("resnet18", 13, 6), ("swin_tiny", 3, 6), ("vit_small", 13, 6)],

@@ -82,6 +82,7 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", catalog, "rgb", "resnet18", run_dir)
@@ -159,6 +160,7 @@ def test_resnet_pretrain_resume_and_export(catalog: Path, tmp_path: Path) -> Non
     assert main(["export", ck, str(out), "--overwrite", "--backbone", "swin_tiny"]) == 2
 
 
+@pytest.mark.slow
 def test_swin_on_13_bands(catalog: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", catalog, "s2", "swin_tiny", run_dir)

@@ -195,6 +195,7 @@ def test_bad_settings_name_the_setting(kwargs, key) -> None:
         CMIDTask(**{"backbone": "resnet18", **kwargs})
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_queue_pointer_centre_and_teacher(tmp_path: Path) -> None:
     """A resumed run is the run it continues: every piece of method state is in the checkpoint."""
     L.seed_everything(0)

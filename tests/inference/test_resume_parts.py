@@ -106,6 +106,7 @@ def test_resume_after_interruption_gives_identical_files(scene, tmp_path):
     assert files(tmp_path / "full") == files(out)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_result(scene, tmp_path):
     card = toymodels.card()
     single = predict_scene(
@@ -151,6 +152,7 @@ def test_two_processes_give_the_single_process_result(scene, tmp_path):
     assert single.summary["classes"] == assembled.summary["classes"]
 
 
+@pytest.mark.slow
 def test_second_run_into_the_same_output_is_refused_with_the_holders_pid(scene, tmp_path):
     """A second run of one output (here in another process) is refused, naming the first
     run's PID; --part runs share the lock; once the holder is gone the lock is free again."""

@@ -64,6 +64,7 @@ def test_neon_trees_boxes_in_map_coordinates(shared, tmp_path):
     assert np.allclose(boxes["area_m2"], 16.0, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_spacenet_atlanta_building_polygons(shared, tmp_path):
     path = shared / "segmentation/spacenet-atlanta/sample_geotiff.tif"
     card = toymodels.card(in_chans=1, mean=400.0, std=200.0)

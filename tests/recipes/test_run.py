@@ -13,6 +13,9 @@ import rasterio
 from geocmid.cli import main
 from tests.recipes.conftest import RECIPES, analyst_recipes
 
+# every test here runs recipes end to end (the tiny quickstart once, then each recipe tiny)
+pytestmark = pytest.mark.slow
+
 
 def test_quickstart_writes_map_polygons_styles_report(quickstart: Path) -> None:
     maps = quickstart / "maps"

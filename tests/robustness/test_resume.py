@@ -75,6 +75,7 @@ def first_epoch_state(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return seen
 
 
+@pytest.mark.slow
 def test_pretraining_killed_after_an_epoch_resumes_with_the_same_queue(
     demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -106,6 +107,7 @@ def test_pretraining_killed_after_an_epoch_resumes_with_the_same_queue(
     assert read_status(run)["status"] == "done"
 
 
+@pytest.mark.slow
 def test_fit_killed_after_an_epoch_resumes_from_it(
     demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -61,6 +61,7 @@ def single(scene: Path, out: Path) -> dict[str, object]:
     return output_files(out)
 
 
+@pytest.mark.slow
 def test_two_workers_many_scenes_bitwise_equal_to_one_process(client, scenes, tmp_path):
     results = predict_scenes(
         Predictor(toymodels.TinyCNN(seed=1), toymodels.card()),

@@ -215,6 +215,7 @@ def test_encoder_weights_equal_export_and_band_mismatch(tmp_path: Path) -> None:
 
 
 # ---- learning -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_learns_rectangles_and_reloads_for_prediction(tmp_path: Path, one_thread: None) -> None:
     """30 steps on bright rectangles: mAP@0.5 must clear 0.3.
 

@@ -55,6 +55,7 @@ COMMON = ("data.chip_size=32", "data.batch_size=8", "data.chips_per_epoch=96", "
           "model.lr=3e-3", "model.backbone_lr=3e-3", "trainer.log_every_n_steps=4")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_segmentation_learns(clear_catalog: Path, tmp_path: Path) -> None:
     out = tmp_path / "seg"
     assert fit(clear_catalog, "finetune-segmentation.yaml", out, "data.entry=img",
@@ -66,6 +67,7 @@ def test_segmentation_learns(clear_catalog: Path, tmp_path: Path) -> None:
     assert main(argv) == 0
 
 
+@pytest.mark.slow
 def test_change_learns(clear_catalog: Path, tmp_path: Path) -> None:
     out = tmp_path / "change"
     assert fit(clear_catalog, "finetune-change.yaml", out, "data.entry=pair", *COMMON) == 0
@@ -73,6 +75,7 @@ def test_change_learns(clear_catalog: Path, tmp_path: Path) -> None:
     check_outputs(out, "change", torch.zeros(1, 2, 3, 32, 32), (1, 2, 32, 32))
 
 
+@pytest.mark.slow
 def test_point_chip_classification_learns(clear_catalog: Path, tmp_path: Path) -> None:
     out = tmp_path / "chips"
     assert fit(clear_catalog, "finetune-classification-chips.yaml", out, "data.entry=img",
@@ -82,6 +85,7 @@ def test_point_chip_classification_learns(clear_catalog: Path, tmp_path: Path) -
     check_outputs(out, "classification", torch.zeros(2, 3, 16, 16), (2, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", [False, True])
 def test_image_folder_classification_learns(
     clear_catalog: Path, tmp_path: Path, freeze: bool

@@ -31,6 +31,7 @@ def fit(catalog: Path, recipe: str, out: Path, *sets: str) -> dict:
     return card
 
 
+@pytest.mark.slow
 def test_spacenet_buildings_from_geojson(real_catalog: Path, tmp_path: Path) -> None:
     card = fit(real_catalog, "finetune-segmentation.yaml", tmp_path / "atl", "data.entry=atlanta",
                "data.labels=atlanta-buildings", "data.background=background")  # fmt: skip

@@ -147,6 +147,7 @@ def test_a_task_without_data_says_what_is_missing(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_weights_bring_their_card_statistics(
     demo_catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
