@@ -114,34 +114,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    console.install_signal_handlers()
+    previous = console.install_signal_handlers()
     try:
-        result = args.func(args)
-    except GeocmidError as error:
-        print(f"error: {error.format()}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        return _interrupted()
-    except SystemExit:
-        if console.was_interrupted():  # Lightning turns Ctrl-C into sys.exit(1)
+        try:
+            result = args.func(args)
+        except GeocmidError as error:
+            print(f"error: {error.format()}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
             return _interrupted()
-        raise
-    except Exception as error:  # one line, not a traceback, unless --verbose
-        if args.verbose:
+        except SystemExit:
+            if console.was_interrupted():  # Lightning turns Ctrl-C into sys.exit(1)
+                return _interrupted()
             raise
-        described = console.describe_error(error)
-        if described is None:
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            print(
-                f"error: {type(error).__name__}: {text}\n"
-                "  (unexpected: rerun with --verbose for the traceback, and report it)",
-                file=sys.stderr,
-            )
-            return 1
-        line, code = described
-        print(f"error: {line}", file=sys.stderr)
-        return code
-    return int(result or 0)
+        except Exception as error:  # one line, not a traceback, unless --verbose
+            if args.verbose:
+                raise
+            described = console.describe_error(error)
+            if described is None:
+                text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                print(
+                    f"error: {type(error).__name__}: {text}\n"
+                    "  (unexpected: rerun with --verbose for the traceback, and report it)",
+                    file=sys.stderr,
+                )
+                return 1
+            line, code = described
+            print(f"error: {line}", file=sys.stderr)
+            return code
+        return int(result or 0)
+
+    finally:
+        console.restore_signal_handlers(previous)
 
 
 def _interrupted() -> int:

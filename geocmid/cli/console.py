@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -128,14 +129,29 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers() -> dict[int, Any]:
     """SIGINT and SIGTERM raise :class:`KeyboardInterrupt` in the main thread (Lightning then
-    stops training cleanly; the workflow marks the run interrupted)."""
+    stops training cleanly; the workflow marks the run interrupted).
+
+    Returns:
+        the previous handlers, for :func:`restore_signal_handlers` when the command ends (a
+        handler left behind would run in processes forked later, e.g. in a test session, and
+        raise during their shutdown).
+    """
+    previous: dict[int, Any] = {}
     try:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.signal(signal.SIGINT, _raise_interrupt)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _raise_interrupt)
     except ValueError:  # not the main thread (e.g. called from a test runner thread)
         pass
+    return previous
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back the handlers :func:`install_signal_handlers` replaced."""
+    for signum, handler in previous.items():
+        with contextlib.suppress(ValueError):
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def was_interrupted() -> bool:
