@@ -129,6 +129,7 @@ def prepare_config(
     margs, dargs = raw["model"]["init_args"], raw["data"]["init_args"]
     if weights:
         margs["weights"] = str(weights)
+        _backbone_from_card(margs, weights, overrides)
     accepted = _accepted(raw["data"]["class_path"])
     if catalog and not dargs.get("catalog") and (accepted is None or "catalog" in accepted):
         dargs["catalog"] = str(catalog)
@@ -283,6 +284,29 @@ def _run_trainer(
                 "folder (--out / trainer.default_root_dir)",
             ) from None
         raise
+
+
+def _backbone_from_card(
+    margs: dict[str, Any], weights: str | Path, overrides: Iterable[tuple[str, Any] | str]
+) -> None:
+    """With ``--weights`` of a geocmid export, the architecture is the one the card names:
+    a config's ``model.backbone`` (the shipped configs name one for training from scratch) is
+    replaced, with a line saying so, unless the user set it on the command line."""
+    keys = {
+        (o[0] if isinstance(o, tuple) else str(o).split("=", 1)[0]).strip() for o in overrides
+    }
+    card_file = Path(weights).with_suffix(".json")
+    if keys & {"model.backbone", "model.init_args.backbone"} or not card_file.is_file():
+        return
+    from geocmid.models.backbones import resolve_name
+    from geocmid.models.card import ModelCard
+
+    architecture = ModelCard.from_file(card_file).architecture
+    current = margs.get("backbone")
+    if architecture and current and resolve_name(str(current)) != resolve_name(architecture):
+        log.info("backbone %s, from the card of %s (the config names %s)", architecture,
+                 weights, current)  # fmt: skip
+        margs["backbone"] = architecture
 
 
 def check_checkpoint(path: str | Path) -> None:

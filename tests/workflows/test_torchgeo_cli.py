@@ -196,3 +196,21 @@ def test_weights_bring_their_card_statistics(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "trained on 3 bands (r, g, b) but the data has 4" in err and "Traceback" not in err
+
+
+def test_weights_card_names_the_backbone_unless_the_command_line_does(tmp_path: Path) -> None:
+    """`--weights EXPORT` with a config that names another backbone (the shipped configs name
+    one for training from scratch) trains the card's architecture; `--set model.backbone=X`
+    on the command line still decides."""
+    from geocmid.models import create_backbone
+    from geocmid.models.weights import export_backbone
+    from geocmid.workflows.training import prepare_config
+
+    weights, _ = export_backbone(create_backbone("resnet18", 4, img_size=32), tmp_path / "enc",
+                                 {"bands": ["b", "g", "r", "n"]})  # fmt: skip
+    config = load_config(SEGMENTATION)
+    config["model"]["init_args"]["backbone"] = "resnet50"
+    raw, _, _ = prepare_config(config, weights=weights)
+    assert raw["model"]["init_args"]["backbone"] == "resnet18"
+    raw, _, _ = prepare_config(config, weights=weights, overrides=["model.backbone=resnet34"])
+    assert raw["model"]["init_args"]["backbone"] == "resnet34"
