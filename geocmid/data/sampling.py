@@ -47,8 +47,12 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
 def nodata_fraction(sample: Sample) -> float:
     """Share of pixels with no data in any date/band (0 when the sample has no ``valid``)."""
     valid = sample.get("valid")
-    # numpy: a torch reduction pays thread-pool start-up that dwarfs the work on one chip
-    return 0.0 if valid is None else 1.0 - float(valid.numpy().mean())
+    if valid is None:
+        return 0.0
+    # count_nonzero: ~15 µs a 256² chip, against ~100 µs for numpy's bool mean and more for a
+    # torch reduction (thread-pool start-up)
+    array = valid.numpy()
+    return 1.0 - np.count_nonzero(array) / max(array.size, 1)
 
 
 class NodataRejectingDataset(Dataset):

@@ -672,8 +672,13 @@ class _Handle:
     width: int
     nodata: float | None
     alpha: int | None = None  # band index of the coverage alpha band (warped files)
+    dtypes: tuple[np.dtype, ...] = ()  # per band (``dataset.dtypes`` rebuilds them per call)
     mask: bool = False  # the file has a dataset mask or alpha band (GDAL mask flags)
     closers: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.dtypes:
+            self.dtypes = tuple(np.dtype(d) for d in self.dataset.dtypes)
 
 
 def _fill_values(nodata: Sequence[float | None], dtype: np.dtype) -> np.ndarray:
@@ -806,21 +811,25 @@ class SourceReader:
         if plans and self._inside(plans[0], row0, row1, col0, col1):
             # The common case: the window lies inside plain files on the grid. Read straight
             # into the output (no fill pass, no masks beyond the nodata values).
-            valid = np.ones((h, w), bool)
+            valid = None
             for hd, outs, indexes in plans[0]:
                 window = Window(col0 - hd.col, row0 - hd.row, w, h)
                 target = _band_view(out, outs)
-                if target is not None and hd.dataset.dtypes[indexes[0] - 1] == out.dtype:
+                if target is not None and hd.dtypes[indexes[0] - 1] == out.dtype:
                     hd.dataset.read(indexes, window=window, out=target)
                 else:
                     target = hd.dataset.read(indexes, window=window)
                     _put(out, outs, (slice(None), slice(None)), target, None)
-                valid &= valid_pixels(target, hd.nodata)
+                ok = valid_pixels(target, hd.nodata)
+                valid = ok if valid is None else valid & ok
+            assert valid is not None
             plans = plans[1:]
         else:
-            out[:] = _fill_values([s.nodata[p] for p in positions], self.dtype)[:, None, None]
+            out[:] = self._fill(positions)[:, None, None]
             valid = np.zeros((h, w), bool)
         for groups in plans:
+            if self._read_layer_direct(out, valid, groups, row0, row1, col0, col1):
+                continue
             parts = [
                 self._read_part(hd, indexes, row0, row1, col0, col1) for hd, _, indexes in groups
             ]
@@ -834,6 +843,60 @@ class SourceReader:
                 layer_valid &= ok
             valid |= layer_valid
         return out, valid
+
+    def _fill(self, positions: list[int]) -> np.ndarray:
+        """Per-band fill values of ``positions`` (cached: computing them costs ~0.1 ms)."""
+        key = tuple(positions)
+        cache: dict[tuple[int, ...], np.ndarray] = self.__dict__.setdefault("_fill_cache", {})
+        if key not in cache:
+            cache[key] = _fill_values([self.source.nodata[p] for p in positions], self.dtype)
+        return cache[key]
+
+    @staticmethod
+    def _read_layer_direct(
+        out: np.ndarray,
+        valid: np.ndarray,
+        groups: list[tuple[_Handle | None, list[int], list[int]]],
+        row0: int,
+        row1: int,
+        col0: int,
+        col1: int,
+    ) -> bool:
+        """Read a layer of plain files (on the grid, no mask) straight into ``out`` where no
+        earlier layer has data: the common case of a chip across the seam of two tiles, without
+        the temporary arrays and masked copies of the general path (~2x faster there).
+
+        Returns False (nothing read) where the general path is needed: warped or masked files,
+        bands of one layer with different footprints, bands not consecutive in ``out`` or of
+        another dtype, or pixels of the part already filled by an earlier layer.
+        """
+        parts = set()
+        for hd, outs, indexes in groups:
+            if hd is None or hd.alpha is not None or hd.mask:
+                return False
+            if _band_view(out, outs) is None or hd.dtypes[indexes[0] - 1] != out.dtype:
+                return False
+            parts.add((max(row0, hd.row), min(row1, hd.row + hd.height),
+                       max(col0, hd.col), min(col1, hd.col + hd.width)))  # fmt: skip
+        if len(parts) != 1:
+            return False
+        r0, r1, c0, c1 = parts.pop()
+        if r1 <= r0 or c1 <= c0:
+            return True  # the layer does not reach the window: it adds nothing
+        sl = (slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
+        if valid[sl].any():
+            return False
+        layer_valid = np.ones((r1 - r0, c1 - c0), bool)
+        for hd, outs, indexes in groups:
+            assert hd is not None
+            view = _band_view(out, outs)
+            assert view is not None
+            target = view[:, sl[0], sl[1]]
+            window = Window(c0 - hd.col, r0 - hd.row, c1 - c0, r1 - r0)
+            hd.dataset.read(indexes, window=window, out=target)
+            layer_valid &= valid_pixels(target, hd.nodata)
+        valid[sl] |= layer_valid
+        return True
 
     def _groups(
         self, layer: tuple[BandRef, ...], positions: list[int]

@@ -152,6 +152,31 @@ def test_tiles_are_one_mosaic_on_one_grid(tmp_path: Path) -> None:
     assert valid[2:42].all() and not valid[:2].any() and not valid[42:].any()
 
 
+@pytest.mark.parametrize("order", ["ab", "ba"])
+def test_overlapping_tiles_fill_each_others_holes_across_the_seam(
+    tmp_path: Path, order: str
+) -> None:
+    """Chips across tile seams take the direct read where no earlier tile has data and the
+    masked merge where tiles overlap; either way every pixel comes from a tile that has data."""
+    image = smooth_field((40, 64), seed=4, bands=3)
+    a, b = image[:, :, :40].copy(), image[:, :, 24:].copy()
+    a[:, 10:20, 30:36] = 0  # a hole in the overlap: b has those pixels
+    b[:, 30:34, 30:40] = 0  # a hole east of a: nobody has those pixels
+    write_raster(tmp_path / "t" / f"{order[0]}.tif", a, origin=ORIGIN, nodata=0)
+    write_raster(tmp_path / "t" / f"{order[1]}.tif", b, origin=(ORIGIN[0] + 240, ORIGIN[1]),
+                 nodata=0)  # fmt: skip
+    write_entry(tmp_path / "cat", "t", "kind: imagery\npaths: ../t\nbands: [r, g, b]\n")
+    source = imagery_source(Catalog(tmp_path / "cat").get("t"))
+    expected_valid = np.ones((40, 64), bool)
+    expected_valid[30:34, 54:64] = False
+    with source.reader() as reader:
+        for rows, cols in [((0, 40), (0, 64)), ((5, 35), (20, 50)), ((8, 22), (28, 44))]:
+            data, valid = reader.read(*rows, *cols)
+            sl = (slice(*rows), slice(*cols))
+            np.testing.assert_array_equal(valid, expected_valid[sl])
+            np.testing.assert_array_equal(data[:, valid], image[:, sl[0], sl[1]][:, valid])
+
+
 def test_a_file_warped_onto_another_grid_is_nodata_outside_its_footprint(
     mixed: MixedScene, tmp_path: Path
 ) -> None:

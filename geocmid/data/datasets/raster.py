@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 import rasterio.errors
-import rasterio.transform
 import torch
 from affine import Affine
 from pyproj import CRS as PROJ_CRS
@@ -215,19 +214,32 @@ class CatalogRasterDataset(RasterDataset):
         """``(row0, row1, col0, col1)`` of the chip on the source's grid if on its pixel
         lattice (same resolution, whole-pixel offset), else None."""
         x, y, _ = self._disambiguate_slice(index)
-        t = self.source.grid.transform
-        if not self._on_source_crs() or t.b != 0 or t.d != 0:
+        return self._grid_window(x, y)
+
+    def _grid_window(self, x: slice, y: slice) -> tuple[int, int, int, int] | None:
+        """:meth:`chip_window` of resolved x/y slices (the per-chip hot path)."""
+        coefficients = self._grid_coefficients()
+        if coefficients is None:
             return None
-        if not (
-            math.isclose(x.step, t.a, rel_tol=1e-9) and math.isclose(y.step, -t.e, rel_tol=1e-9)
-        ):
+        a, c, e, f = coefficients
+        if not (math.isclose(x.step, a, rel_tol=1e-9) and math.isclose(y.step, -e, rel_tol=1e-9)):
             return None
-        exact = ((t.f - y.stop) / -t.e, (t.f - y.start) / -t.e,
-                 (x.start - t.c) / t.a, (x.stop - t.c) / t.a)  # fmt: skip
+        exact = ((f - y.stop) / -e, (f - y.start) / -e, (x.start - c) / a, (x.stop - c) / a)
         ints = tuple(round(v) for v in exact)
         if any(abs(v - i) > GRID_TOLERANCE for v, i in zip(exact, ints, strict=True)):
             return None
         return ints  # type: ignore[return-value]
+
+    def _grid_coefficients(self) -> tuple[float, float, float, float] | None:
+        """``(a, c, e, f)`` of the source grid's north-up transform while the dataset is in the
+        grid's CRS, else None (cached per index: Affine attribute access costs µs each)."""
+        cached = getattr(self, "_coef_cache", None)
+        if cached is None or cached[0] is not self.index:
+            t = self.source.grid.transform
+            ok = self._on_source_crs() and t.b == 0 and t.d == 0
+            cached = (self.index, (t.a, t.c, t.e, t.f) if ok else None)
+            self._coef_cache = cached
+        return cached[1]
 
     def _on_source_crs(self) -> bool:
         """Whether the dataset is still in its source grid's CRS (TorchGeo's dataset unions and
@@ -248,36 +260,55 @@ class CatalogRasterDataset(RasterDataset):
             self._bounds_cache = cached
         return cached[1]
 
-    def _file_table(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """Paths, bounds ``[N, 4]`` and time intervals of the index as arrays (cached)."""
+    def _file_table(self) -> tuple[list[str], np.ndarray, tuple[Any, Any] | None, Any]:
+        """Paths, spatial test table and time intervals of the index (cached per index).
+
+        Returns ``(paths, table [N, 4], (earliest, latest) ns or None, (mint, maxt))``: a file
+        touches the box ``x``/``y`` when ``(table <= [x.stop, y.stop, -x.start, -y.start])``
+        holds on all four columns; the time test is skipped for queries spanning every file's
+        interval (``earliest``/``latest``; the usual case).
+        """
         cached = getattr(self, "_table_cache", None)
         if cached is None or cached[0] is not self.index:
-            bounds = self.index.geometry.bounds.to_numpy()
+            b = self.index.geometry.bounds.to_numpy()
+            table = np.stack([b[:, 0], b[:, 1], -b[:, 2], -b[:, 3]], axis=1)
             mint = self.index.index.left.to_numpy().astype("datetime64[ns]")
             maxt = self.index.index.right.to_numpy().astype("datetime64[ns]")
-            cached = (self.index, (list(self.index.filepath), bounds, mint, maxt))
+            # as int nanoseconds: comparing pd.Timestamps costs ~40 µs a chip
+            span = None
+            if len(mint):
+                span = (int(mint.min().astype(np.int64)), int(maxt.max().astype(np.int64)))
+            cached = (self.index, (list(self.index.filepath), table, span, (mint, maxt)))
             self._table_cache = cached
         return cached[1]
+
+    def _bounds_tensor(self, x: slice, y: slice, t: slice) -> Tensor:
+        """TorchGeo's ``_slice_to_tensor`` of resolved slices, the time part cached (converting
+        Timestamps costs more than the rest of the sample's metadata)."""
+        cached = getattr(self, "_time_cache", None)
+        if cached is None or cached[0] != (t.start, t.stop, t.step):
+            cached = ((t.start, t.stop, t.step), [t.start.timestamp(), t.stop.timestamp(), t.step])
+            self._time_cache = cached
+        return torch.tensor([x.start, x.stop, x.step, y.start, y.stop, y.step, *cached[1]])
 
     def _read_fast(self, index: GeoSlice) -> Sample | None:
         """The sample through the source's windowed reads, or None where TorchGeo's general
         path is needed (chips off the source's pixel lattice, time series).
 
-        Selecting files with numpy instead of a GeoDataFrame query saves ~1 ms per chip, about
-        as long as decoding a cached 256² chip.
+        Every step is kept to numpy on cached tables and plain floats: at ~0.1 ms a cached
+        256² chip, a GeoDataFrame query, Affine objects or Timestamp conversions per chip
+        would each cost as much as the read (``benchmarks/bench_chips.py``).
         """
         if self.time_series:
             return None
-        window = self.chip_window(index)
+        x, y, t = self._disambiguate_slice(index)
+        window = self._grid_window(x, y)
         if window is None:
             return None
-        x, y, t = self._disambiguate_slice(index)
-        paths, bounds, mint, maxt = self._file_table()
-        hit = (
-            (bounds[:, 0] <= x.stop) & (bounds[:, 2] >= x.start)
-            & (bounds[:, 1] <= y.stop) & (bounds[:, 3] >= y.start)
-            & (mint <= np.datetime64(t.stop, "ns")) & (maxt >= np.datetime64(t.start, "ns"))
-        )  # fmt: skip
+        paths, table, span, (mint, maxt) = self._file_table()
+        hit = (table <= np.array([x.stop, y.stop, -x.start, -y.start])).all(axis=1)
+        if span is None or not (t.start.value <= span[0] and span[1] <= t.stop.value):
+            hit &= (mint <= np.datetime64(t.stop, "ns")) & (maxt >= np.datetime64(t.start, "ns"))
         rows = np.flatnonzero(hit)
         if len(rows) == 0:
             raise IndexError(f"index: {index} not found in dataset with bounds: {self.bounds}")
@@ -285,9 +316,11 @@ class CatalogRasterDataset(RasterDataset):
         if any(n is None for n in layers):
             return None
         data, valid = self.reader.read(*window, layers=layers)  # type: ignore[arg-type]
-        transform = rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)
+        # rasterio.transform.from_origin(x.start, y.stop, x.step, y.step) as TorchGeo stores it
+        # (the 9 Affine coefficients), built directly
+        transform = [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0]
         sample: Sample = {
-            "bounds": self._slice_to_tensor((x, y, t)),
+            "bounds": self._bounds_tensor(x, y, t),
             "transform": torch.tensor(transform),
         }
         if self.is_image:
