@@ -14,9 +14,14 @@ examples:
   geocmid --catalog data_catalog embed --entry naip-2021 --model exports/r50.safetensors \\
       --chip 64 --stride 32 --device cuda -o emb.parquet
 
+  # a chip dataset (image_folder / chip_segmentation / chip_change entry): one row per image
+  geocmid --catalog data_catalog embed --entry nwpu-resisc45 --model exports/r50.safetensors \
+      --chip 224 -o nwpu.parquet
+
 then, in Python ("where else looks like this?"):
   from geocmid.inference.embed import nearest
   nearest("emb.parquet", (x, y), k=20).to_file("matches.gpkg")   # x, y in the file's CRS
+  nearest("nwpu.parquet", "train/beach/beach_001.jpg", k=10)      # an image of a chip entry
 
 An interrupted run resumes when the same command is run again.
 """
@@ -33,13 +38,16 @@ def register(subparsers: Any) -> None:
             "Cut a scene (or a catalog imagery entry) into chips, run a pretrained backbone\n"
             "on each, and write one row per chip to GeoParquet: its polygon in the scene's\n"
             "CRS, the embedding (global average of the final feature map) and the model's\n"
-            "fingerprint. Bounded memory, resumable."
+            "fingerprint. A chip dataset entry (folders of plain images) gives one row per\n"
+            "image instead: its path, label and the embedding. Bounded memory, resumable."
         ),
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("scene", nargs="?", metavar="SCENE", help="input raster (or --entry)")
-    parser.add_argument("--entry", metavar="NAME", help="catalog imagery entry instead of SCENE")
+    parser.add_argument(
+        "--entry", metavar="NAME", help="catalog imagery or chip-dataset entry instead of SCENE"
+    )
     parser.add_argument("-o", "--output", required=True, help="output .parquet file")
     parser.add_argument(
         "--model",
@@ -48,7 +56,10 @@ def register(subparsers: Any) -> None:
         "with --card",
     )
     parser.add_argument("--card", help="model card JSON (not needed for a geocmid export)")
-    parser.add_argument("--chip", type=int, default=0, help="chip edge, px (default: the card's)")
+    parser.add_argument(
+        "--chip", type=int, default=0,
+        help="chip edge, px (default: the card's); chip datasets: images are resized to it",
+    )  # fmt: skip
     parser.add_argument("--stride", type=int, default=0, help="px between chips (default: chip)")
     parser.add_argument("--batch-size", type=int, default=16, help="chips per forward pass")
     parser.add_argument("--min-valid", type=float, default=0.5, help="least valid fraction")
@@ -86,11 +97,26 @@ def handler(args: argparse.Namespace) -> int:
     if bool(args.scene) == bool(args.entry):
         raise ConfigError("SCENE / --entry", "give exactly one", "pass a raster or --entry NAME")
     scene: Any = args.scene
+    settings = EmbedSettings(args.chip, args.stride, args.batch_size, args.min_valid)
+    bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
     if args.entry:
         from geocmid.data.catalog import Catalog
+        from geocmid.data.catalog.schema import ChipEntry
         from geocmid.inference.reader import entry_sources
 
-        sources = entry_sources(Catalog(getattr(args, "catalog", None)), [args.entry])
+        catalog = Catalog(getattr(args, "catalog", None))
+        found = catalog.get(args.entry)
+        if isinstance(found, ChipEntry):
+            from geocmid.inference.embed_chips import embed_chips
+
+            backbone, card = load_embedder(args.model, args.card, args.device)
+            result = embed_chips(backbone, card, found, args.output, settings, bands=bands,
+                                 device=resolve_device(args.device), overwrite=args.overwrite,
+                                 progress=not args.no_progress)  # fmt: skip
+            print(f"embeddings     {result.path}  ({result.chips} images x {result.width} "
+                  "values)")  # fmt: skip
+            return 0
+        sources = entry_sources(catalog, [args.entry])
         if len(sources) != 1:
             raise ConfigError(f"--entry {args.entry}", "holds two dates", "name one date's entry")
         scene = sources[0]
@@ -100,8 +126,8 @@ def handler(args: argparse.Namespace) -> int:
         card,
         scene,
         args.output,
-        EmbedSettings(args.chip, args.stride, args.batch_size, args.min_valid),
-        bands=tuple(int(b) for b in args.bands.split(",")) if args.bands else None,
+        settings,
+        bands=bands,
         device=resolve_device(args.device),
         overwrite=args.overwrite,
         progress=not args.no_progress,

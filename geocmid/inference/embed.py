@@ -38,7 +38,14 @@ from geocmid.inference.reader import BlockReader, SceneInput, plan_scenes
 from geocmid.inference.store import RunLock, WorkDir, fingerprint_model
 from geocmid.inference.writers import GDAL_ENV
 
-__all__ = ["EmbedResult", "EmbedSettings", "embed_scene", "nearest", "read_embeddings"]
+__all__ = [
+    "EmbedResult",
+    "EmbedSettings",
+    "embed_scene",
+    "forward_features",
+    "nearest",
+    "read_embeddings",
+]
 
 
 @dataclass(frozen=True)
@@ -153,18 +160,7 @@ def embed_scene(
                     batch /= std
                     np.nan_to_num(batch, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
                     batch *= ok[:, None]
-                    with torch.inference_mode():
-                        feats = model(torch.from_numpy(batch).to(device))
-                    feats = feats.float()
-                    if feats.ndim == 4:
-                        feats = feats.mean(dim=(2, 3))
-                    if feats.ndim != 2:
-                        raise DataError(
-                            "model",
-                            f"returned a {tuple(feats.shape)} tensor, not [B, D] or [B, D, h, w]",
-                            "pass a backbone (feature extractor), not a full network",
-                        )
-                    vectors.append(feats.cpu().numpy())
+                    vectors.append(forward_features(model, batch, device))
                     fractions += [float(o.mean()) for o in ok]
                     keep += part
                 frac = np.asarray(fractions, np.float32)
@@ -186,6 +182,29 @@ def embed_scene(
     work.remove()
     lock.release(remove=True)
     return EmbedResult(out, chips, width, len(todo))
+
+
+def forward_features(model: Callable[..., Any], batch: np.ndarray, device: str) -> np.ndarray:
+    """``[B, C, S, S]`` normalised float32 → ``[B, D]`` float32 embeddings: the backbone's
+    output, globally averaged when it is a feature map.
+
+    Raises:
+        DataError: the model returns neither ``[B, D]`` nor ``[B, D, h, w]``.
+    """
+    import torch
+
+    with torch.inference_mode():
+        feats = model(torch.from_numpy(batch).to(device))
+    feats = feats.float()
+    if feats.ndim == 4:
+        feats = feats.mean(dim=(2, 3))
+    if feats.ndim != 2:
+        raise DataError(
+            "model",
+            f"returned a {tuple(feats.shape)} tensor, not [B, D] or [B, D, h, w]",
+            "pass a backbone (feature extractor), not a full network",
+        )
+    return feats.cpu().numpy()
 
 
 def _write_geoparquet(
@@ -275,32 +294,62 @@ def _apply(t: Any, cols: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_embeddings(path: str | os.PathLike[str]) -> Any:
-    """The GeoParquet of :func:`embed_scene` as a GeoDataFrame (``embedding``: arrays)."""
+    """The GeoParquet of :func:`embed_scene` (or of
+    :func:`~geocmid.inference.embed_chips.embed_chips`) as a GeoDataFrame (``embedding``:
+    arrays); the file's ``geocmid`` metadata (model card, chip size, ...) is in
+    ``frame.attrs["geocmid"]``."""
     import geopandas as gpd
+    import pyarrow.parquet as pq
 
-    return gpd.read_parquet(path)
+    frame = gpd.read_parquet(path)
+    meta = pq.read_schema(path).metadata or {}
+    frame.attrs["geocmid"] = json.loads(meta[b"geocmid"]) if b"geocmid" in meta else {}
+    return frame
+
+
+def _query_image(frame: Any, image: str | os.PathLike[str], model: Any, device: str) -> Any:
+    """The embedding of an image file not in ``frame``, made as the file's were."""
+    from geocmid.inference.embed_chips import embed_image
+
+    meta = frame.attrs.get("geocmid") or {}
+    card = meta.get("model_card") or {}
+    mean, std = meta.get("mean") or card.get("mean"), meta.get("std") or card.get("std")
+    if not meta.get("chip") or not mean or not std:
+        raise DataError(
+            str(image), "cannot be embedded like the file's rows: the file records no chip size "
+            "or statistics", "embed it yourself and pass the vector",
+        )  # fmt: skip
+    return embed_image(model, image, int(meta["chip"]), mean, std, bands=meta.get("bands"),
+                       device=device)  # fmt: skip
 
 
 def nearest(
     embeddings: Any,
-    query: int | tuple[float, float] | Sequence[float] | np.ndarray,
+    query: int | str | os.PathLike[str] | tuple[float, float] | Sequence[float] | np.ndarray,
     k: int = 10,
+    *,
+    model: Callable[..., Any] | None = None,
+    device: str = "cpu",
 ) -> Any:
     """The ``k`` chips most similar to ``query`` (cosine similarity of the embeddings).
 
     Args:
         embeddings: a GeoDataFrame from :func:`read_embeddings`, or the GeoParquet path.
         query: a row position in ``embeddings`` (``int``), a point ``(x, y)`` in the file's
-            CRS (the chip containing it; the nearest chip centre if several), or a vector of
-            the embeddings' length.
+            CRS (the chip containing it; the nearest chip centre if several), a vector of
+            the embeddings' length, or (chip datasets) an image's ``path`` as the file
+            records it, or any image file, embedded with ``model`` as the file's images were
+            (same chip size, bands and statistics, from the file's metadata).
         k: how many to return.
+        model: the backbone that made the file (only for a query image file).
 
     Returns:
         The ``k`` best rows, best first, with ``similarity`` (cosine, -1..1) and ``rank``
         (0 = best; the query chip itself is rank 0 when it is in the file).
 
     Raises:
-        DataError: a point outside every chip, or a vector of another length.
+        DataError: a point outside every chip, a vector of another length, a path that is
+            neither in the file nor an image file, an image file without ``model``.
     """
     import geopandas as gpd
     import shapely
@@ -315,6 +364,24 @@ def nearest(
     if isinstance(query, int | np.integer):
         own = int(query)
         vector = unit[own]
+    elif isinstance(query, str | os.PathLike):
+        text = os.fspath(query)
+        paths = frame["path"].to_numpy() if "path" in frame else np.asarray([])
+        hit = np.flatnonzero(paths == text)
+        if len(hit):
+            own = int(hit[0])
+            vector = unit[own]
+        elif not Path(text).is_file():
+            raise DataError(
+                text, "is neither an image path of the embeddings nor an image file",
+                "give a 'path' value of the file, or an existing image file",
+            )  # fmt: skip
+        elif model is None:
+            raise DataError(text, "is an image file: embedding it needs the model",
+                            "pass model=BACKBONE (the one that made the file)")  # fmt: skip
+        else:
+            vector = np.asarray(_query_image(frame, text, model, device), np.float64)
+            vector = vector / (np.linalg.norm(vector) or 1.0)
     elif isinstance(query, tuple) and len(query) == 2 and matrix.shape[1] != 2:
         point = shapely.Point(*query)
         inside = np.flatnonzero(frame.geometry.contains(point).to_numpy())
