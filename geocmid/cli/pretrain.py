@@ -128,6 +128,17 @@ def overrides_of(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return pairs
 
 
+def estimate_line(config: dict[str, Any]) -> str:
+    """``# estimate: ~X min (measured: ...)`` for the dry run: a YAML comment, so the printed
+    config still loads (:func:`geocmid.recipes.calibrate.estimate_pretrain`)."""
+    from geocmid.recipes.calibrate import estimate_pretrain
+
+    data, trainer = config["data"]["init_args"], config["trainer"]
+    epochs, chips = trainer.get("max_epochs"), data.get("chips_per_epoch")
+    return (f"# estimate: {estimate_pretrain(config).text()} for {epochs} epoch(s) × {chips} "
+            f"chips of {data.get('chip_size')} px; data loading not included")  # fmt: skip
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import yaml
 
@@ -142,7 +153,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     if dry_run:
         print("# resolved config; model.init_args values taken from the data are filled in")
-        print(yaml.safe_dump(result.resolved_config(), sort_keys=False), end="")
+        resolved = result.resolved_config()
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        print(estimate_line(resolved))
         return 0
     if all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK")):
         last = result.last_checkpoint

@@ -1,0 +1,165 @@
+"""Dry-run time estimates from measured steps (geocmid.recipes.calibrate): scaling, the fallback
+to rough constants, the plan's wording, and one real measurement of a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from geocmid.recipes import calibrate as C
+
+REPO = Path(__file__).resolve().parents[2]
+
+CMID = C.Measured("CMID step", 0.4, 2, 96, "cpu", 2)
+TRAIN = C.Measured("training step", 0.3, 2, 64, "cpu", 2)
+FORWARD = C.Measured("forward pass", 0.1, 2, 64, "cpu", 2)
+
+
+@pytest.fixture
+def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measurements replaced by fixed step times (deterministic estimates)."""
+    monkeypatch.setattr(C, "measure_cmid", lambda *a, **k: CMID)
+    monkeypatch.setattr(C, "measure_task", lambda *a, train=True, **k: TRAIN if train else FORWARD)
+
+
+def _pretrain(epochs: int = 2, chips: int = 32, chip: int = 96) -> dict[str, Any]:
+    return {
+        "model": {"class_path": "geocmid.cmid.CMIDTask", "init_args": {"backbone": "resnet18"}},
+        "data": {"init_args": {"chip_size": chip, "batch_size": 8, "chips_per_epoch": chips}},
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu"},
+    }
+
+
+def _finetune(epochs: int = 6, chips: int = 96, evals: int = 16) -> dict[str, Any]:
+    return {
+        "model": {"class_path": "geocmid.tasks.change.ChangeTask",
+                  "init_args": {"model": "fcsiamdiff", "backbone": "resnet18"}},
+        "data": {"class_path": "geocmid.datamodules.SegmentationDataModule",
+                 "init_args": {"chip_size": 64, "batch_size": 8, "chips_per_epoch": chips,
+                               "eval_chips": evals}},
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu"},
+    }  # fmt: skip
+
+
+def test_pretrain_estimate_scales_with_chips_epochs_and_pixels(fixed: None) -> None:
+    base = C.estimate_pretrain(_pretrain())
+    assert base.is_measured and base.seconds == pytest.approx(2 * 32 * 0.4 / 2)
+    assert C.estimate_pretrain(_pretrain(chips=64)).seconds == pytest.approx(2 * base.seconds)
+    assert C.estimate_pretrain(_pretrain(epochs=6)).seconds == pytest.approx(3 * base.seconds)
+    # a chip twice the measured edge: four times the pixels
+    assert C.estimate_pretrain(_pretrain(chip=192)).seconds == pytest.approx(4 * base.seconds)
+    assert "measured: 0.40 s per CMID step of batch 2 at 96 px on cpu, 2 threads" in base.text()
+
+
+def test_finetune_and_predict_estimates_scale(fixed: None) -> None:
+    base = C.estimate_finetune(_finetune())
+    per_epoch = 96 * 0.3 / 2 + 16 * 0.1 / 2  # training chips + validation chips
+    assert base.seconds == pytest.approx(6 * per_epoch)
+    assert C.estimate_finetune(_finetune(epochs=12)).seconds == pytest.approx(2 * base.seconds)
+    more = C.estimate_finetune(_finetune(chips=192)).seconds
+    assert more - base.seconds == pytest.approx(6 * 96 * 0.3 / 2)
+    assert "training step" in base.basis and "forward pass" in base.basis
+
+    def predict(windows: int, tta: str = "none") -> float:
+        args = {"model": "fcsiamdiff", "backbone": "resnet18"}
+        path = "geocmid.tasks.change.ChangeTask"
+        return C.estimate_predict(path, args, 4, windows, 64, "cpu", None, tta).seconds
+
+    overhead = C.PREDICT_OVERHEAD_S
+    assert predict(10) - overhead == pytest.approx(10 * 0.1 / 2)
+    assert predict(20) - overhead == pytest.approx(2 * (predict(10) - overhead))
+    assert predict(10, "d4") - overhead == pytest.approx(8 * (predict(10) - overhead))
+
+
+def test_fallback_to_rough_constants_when_measuring_fails(monkeypatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> C.Measured:
+        raise RuntimeError("cannot build the model offline")
+
+    monkeypatch.setattr(C, "measure_cmid", broken)
+    monkeypatch.setattr(C, "measure_task", broken)
+    pre = C.estimate_pretrain(_pretrain())
+    assert not pre.is_measured
+    assert pre.seconds == pytest.approx(2 * 32 * 96**2 * C.ROUGH_S_PER_PX["pretrain"])
+    assert pre.basis == "rough, not measured: cannot build the model offline"
+    fine = C.estimate_finetune(_finetune())
+    assert not fine.is_measured and fine.seconds > 0
+    pred = C.estimate_predict("geocmid.tasks.change.ChangeTask", {}, 4, 10, 64)
+    assert not pred.is_measured and pred.seconds > C.PREDICT_OVERHEAD_S
+    # a task without a measured step (detection) falls back without being patched
+    monkeypatch.undo()
+    detection = {**_finetune(), "model": {"class_path": "geocmid.tasks.detection.DetectionTask"}}
+    assert "rough, not measured" in C.estimate_finetune(detection).basis
+
+
+def test_off_switch_and_sizes(monkeypatch) -> None:
+    monkeypatch.setenv("GEOCMID_MEASURE", "0")
+    assert not C.estimate_pretrain(_pretrain()).is_measured
+    # a large chip is measured smaller on a CPU (and at full size if that fails), not on a GPU
+    assert C._sizes(224, "cpu", "train", [128, 96]) == [128, 224]
+    assert C._sizes(224, "cuda", "train", [128, 96]) == [224]
+    assert C._sizes(96, "cpu", "train", [96, 64]) == [96]
+    assert C.torch_device("gpu") == "cuda" and C.torch_device("cpu") == "cpu"
+    assert [C.duration(s) for s in (45, 600, 3 * 3600, 20 * 3600, 9 * 86400)] == [
+        "45 s", "10 min", "3.0 h", "20 h", "9 days"
+    ]  # fmt: skip
+
+
+def test_plan_names_the_measured_step(fixed: None, tmp_path: Path, capsys) -> None:
+    from geocmid.cli import main
+
+    run = tmp_path / "run"
+    recipe = str(REPO / "recipes" / "quickstart.yaml")
+    assert main(["run", recipe, "--dry-run", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    # pretrain: 2 epochs × 32 chips of 96 px at 0.2 s per image = 13 s
+    assert ("estimate: ~13 s (measured: 0.40 s per CMID step of batch 2 at 96 px on cpu, "
+            "2 threads)") in out  # fmt: skip
+    assert "0.30 s per training step of batch 2 at 64 px" in out
+    assert "pretrain, finetune from steps measured here" in out
+    assert not run.exists()  # a dry run writes nothing
+
+
+def test_plan_says_rough_when_measuring_fails(monkeypatch, tmp_path: Path, capsys) -> None:
+    from geocmid.cli import main
+
+    def broken(*args: Any, **kwargs: Any) -> C.Measured:
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(C, "measure_cmid", broken)
+    monkeypatch.setattr(C, "measure_task", broken)
+    recipe = str(REPO / "recipes" / "quickstart.yaml")
+    assert main(["run", recipe, "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "(rough, not measured: no model here)" in out
+    assert "pretrain, finetune rough, not measured" in out and "estimate (rough)" in out
+
+
+def test_pretrain_dry_run_line_is_a_yaml_comment(fixed: None) -> None:
+    from geocmid.cli.pretrain import estimate_line
+
+    line = estimate_line(_pretrain())
+    assert line.startswith("# estimate: ~13 s (measured: 0.40 s per CMID step")
+    assert "2 epoch(s) × 32 chips of 96 px" in line and yaml.safe_load(line) is None
+
+
+def test_a_real_measurement_of_a_tiny_cmid_step(monkeypatch) -> None:
+    """One real CMID step timing (ResNet-18, 64 px, 1 thread): cached, threads and random
+    state left as they were."""
+    monkeypatch.setattr(C, "_SPENT", [0.0])  # other tests' dry runs may have used the budget
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    args = {"backbone": "resnet18", "queue_size": 256, "proj_hidden": 64, "head_hidden": 64,
+            "num_prototypes": 64}  # fmt: skip
+    measured = C.measure_cmid(args, 3, 64, "cpu", threads=1)
+    assert measured.what == "CMID step" and measured.batch == 2 and measured.size == 64
+    assert 0 < measured.seconds < 60 and measured.threads == 1
+    assert C.measure_cmid(args, 3, 64, "cpu", threads=1) is measured  # cached
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), state)
+    # once the process's measuring time is spent, estimates fall back to the rough constants
+    monkeypatch.setattr(C, "_SPENT", [C.TOTAL_BUDGET_S])
+    with pytest.raises(RuntimeError, match="measuring time used up"):
+        C.measure_cmid({**args, "queue_size": 128}, 3, 64, "cpu", threads=1)
+    assert C.measure_cmid(args, 3, 64, "cpu", threads=1) is measured  # the cache still serves
