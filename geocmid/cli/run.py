@@ -63,10 +63,13 @@ def prepare(args: argparse.Namespace) -> Any:
 
             raise ConfigError(f"--redo {step}", f"no step '{step}'{did_you_mean(step, STEP_ORDER)}",
                               f"steps of this recipe: {', '.join(spec['steps'])}")  # fmt: skip
+    from geocmid.data.paths import gdal_env_scope
+
     catalog = args.catalog if args.catalog != "data_catalog" or _exists(args.catalog) else None
     res = resolve(recipe, spec, catalog)
     check_configs(res)
-    return res, check_data(res)
+    with gdal_env_scope(spec["gdal_env"]):  # the checks read headers (maybe remote) too
+        return res, check_data(res)
 
 
 def _exists(path: str) -> bool:

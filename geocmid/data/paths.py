@@ -18,17 +18,20 @@ the user wrote and asks GDAL (through rasterio) instead of the local disk:
   reading the data (local: size and mtime; inside a local archive: the archive's; remote: the
   dataset header);
 - :func:`apply_gdal_env`: GDAL configuration options (``AWS_NO_SIGN_REQUEST``,
-  ``GDAL_HTTP_TIMEOUT`` …) from a catalog entry, set for the whole process.
+  ``GDAL_HTTP_TIMEOUT`` …) from a catalog entry, set for the whole process;
+- :func:`gdal_env_scope`: a recipe's ``gdal_env``, set while the recipe runs and removed
+  afterwards (:func:`gdal_option_problem` says what is wrong with an option).
 
 Checking a remote file opens its header only (a few range requests), never the whole file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -235,6 +238,56 @@ def absolute(path: str | os.PathLike[str]) -> str:
     """The absolute local path, or a virtual / remote path unchanged."""
     text = os.fspath(path)
     return text if is_virtual(text) else str(Path(text).resolve())
+
+
+#: What a GDAL configuration option's name looks like (``GDAL_HTTP_TIMEOUT``, ``AWS_REGION``).
+GDAL_OPTION_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def gdal_option_problem(name: Any, value: Any) -> str | None:
+    """Why ``name: value`` is not a GDAL configuration option, or None when it is one (an
+    UPPER_CASE name; a text, number or true/false value)."""
+    if not isinstance(name, str) or not GDAL_OPTION_NAME.fullmatch(name):
+        return (f"'{name}' does not look like a GDAL configuration option (UPPER_CASE letters, "
+                "digits and _, e.g. GDAL_HTTP_TIMEOUT)")  # fmt: skip
+    if not isinstance(value, str | int | float | bool):
+        return f"{name}: {value!r} is not a text or a number"
+    return None
+
+
+def gdal_option_text(value: str | float | bool) -> str:
+    """An option's value as GDAL reads it (true/false → YES/NO)."""
+    return ("YES" if value else "NO") if isinstance(value, bool) else str(value)
+
+
+@contextlib.contextmanager
+def gdal_env_scope(options: Mapping[str, Any] | None) -> Iterator[dict[str, str]]:
+    """Set GDAL configuration options (already checked with :func:`gdal_option_problem`) in
+    the environment while the block runs, and remove them afterwards.
+
+    Environment variables, not ``rasterio.Env``: GDAL reads its options from the environment
+    in every thread, and Dask / DataLoader worker processes started inside the block inherit
+    them. An option already set in the environment (by the user) is kept as is, and so are
+    options a catalog entry sets during the block (they stay set for the process, as
+    :func:`apply_gdal_env` documents). Yields the options set.
+    """
+    applied: dict[str, str] = {}
+    for name, value in (options or {}).items():
+        text = gdal_option_text(value)
+        if name not in os.environ:
+            applied[name] = os.environ[name] = text
+        elif os.environ[name] != text:
+            warnings.warn(
+                f"gdal_env {name}={text} is not applied: the environment already sets "
+                f"{name}={os.environ[name]} (the environment wins)",
+                stacklevel=3,
+            )
+    try:
+        yield applied
+    finally:
+        for name, text in applied.items():
+            if os.environ.get(name) == text:
+                del os.environ[name]
 
 
 def apply_gdal_env(options: Mapping[str, Any] | None, where: str) -> None:

@@ -165,9 +165,12 @@ class Runner:
             import torch
 
             torch.set_num_threads(res.spec["threads"])
+        from geocmid.data.paths import gdal_env_scope
+
         with logging_to(res.run_dir / "logs" / "run.log") as handler:
             try:
-                self._run_steps()
+                with gdal_env_scope(res.spec.get("gdal_env")):  # every step's data access
+                    self._run_steps()
             except GeocmidError as error:
                 # into the log file only: the command prints the error once on the console
                 record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s",

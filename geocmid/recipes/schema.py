@@ -22,6 +22,12 @@ TOP: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "catalog": ((str, NoneType), None, "catalog folder (default: the demo's, or --catalog)"),
     "device": ((str,), "cpu", "cpu, cuda, cuda:0 … for training and prediction"),
     "threads": ((int, NoneType), None, "CPU threads for torch (default: torch's choice)"),
+    "gdal_env": (
+        (dict, NoneType),
+        {},
+        "GDAL configuration options set while the recipe runs, for every step's data access "
+        "(e.g. {GDAL_HTTP_TIMEOUT: 30, AWS_NO_SIGN_REQUEST: 'YES'})",
+    ),
     "profile": ((str,), "normal", "normal, or tiny: every step in seconds (tests, smoke runs)"),
     "tiny": ((dict,), {}, "extra dotted-key overrides used by profile tiny"),
     "steps": ((dict,), None, "the steps, run in the order of STEP_ORDER"),
@@ -142,6 +148,7 @@ def normalise(recipe: Recipe, tiny: bool = False) -> dict[str, Any]:
     for key, (types, _, _) in TOP.items():
         if key in data:
             _check(recipe, key, data[key], types)
+    _check_gdal_env(recipe, data.get("gdal_env") or {})
     if data.get("profile", "normal") not in ("normal", "tiny"):
         raise recipe.error("profile", f"is '{data['profile']}'", "use normal or tiny")
     if tiny or data.get("profile") == "tiny":
@@ -155,6 +162,7 @@ def normalise(recipe: Recipe, tiny: bool = False) -> dict[str, Any]:
         raise recipe.error("steps", "the recipe has no steps", f"add some of {', '.join(STEPS)}")
     _check_keys(recipe, "steps.", steps, STEPS)
     out: dict[str, Any] = {k: copy.deepcopy(data.get(k, d)) for k, (_, d, _) in TOP.items()}
+    out["gdal_env"] = out["gdal_env"] or {}
     out["recipe"] = out["recipe"] or recipe.path.stem
     out["run_dir"] = out["run_dir"] or f"runs/{out['recipe']}"
     out["steps"] = {}
@@ -182,6 +190,20 @@ def normalise(recipe: Recipe, tiny: bool = False) -> dict[str, Any]:
         out["steps"][name] = step
     _check_links(recipe, out["steps"])
     return out
+
+
+def _check_gdal_env(recipe: Recipe, options: dict[str, Any]) -> None:
+    """Every ``gdal_env`` key a GDAL option name, every value a text or a number."""
+    from geocmid.data.paths import gdal_option_problem
+
+    for name, value in options.items():
+        problem = gdal_option_problem(name, value)
+        if problem:
+            raise recipe.error(
+                f"gdal_env.{name}", problem,
+                "see https://gdal.org/en/stable/user/configoptions.html, e.g. gdal_env: "
+                "{GDAL_DISABLE_READDIR_ON_OPEN: EMPTY_DIR, GDAL_HTTP_TIMEOUT: 30}",
+            )  # fmt: skip
 
 
 def _step_of(key: str) -> str | None:
