@@ -73,9 +73,18 @@ def finish(num: np.ndarray, wsum: np.ndarray, valid: np.ndarray) -> tuple[np.nda
         uint8 probability in percent (``NO_PROB`` on nodata).
     """
     probs = num / np.maximum(wsum, 1e-12)
-    cls = probs.argmax(axis=0).astype(np.int16)
+    # argmax over the short class axis as K - 1 comparisons (first maximum wins, as argmax):
+    # 3-4x faster than numpy's strided argmax(axis=0) on a block (bench_predict.py)
+    cls = np.zeros(valid.shape, np.int16)
+    best = probs[0].copy()
+    for k in range(1, len(probs)):
+        cls[probs[k] > best] = k
+        np.maximum(best, probs[k], out=best)
     cls[~valid] = NO_CLASS
-    pct = np.rint(np.clip(probs, 0.0, 1.0) * 100.0).astype(np.uint8)
+    np.clip(probs, 0.0, 1.0, out=probs)
+    probs *= 100.0
+    np.rint(probs, out=probs)
+    pct = probs.astype(np.uint8)
     pct[:, ~valid] = NO_PROB
     return cls, pct
 

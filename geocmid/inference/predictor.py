@@ -110,8 +110,12 @@ class Predictor:
         mean = np.asarray(card.mean, np.float32)[:, None, None]
         std = np.asarray(card.std, np.float32)[:, None, None]
         x -= mean
-        x /= std
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        x *= 1.0 / std
+        # Non-finite values (NaN bands, a zero std) become 0 like nodata: one isfinite pass
+        # where np.nan_to_num makes three.
+        bad = ~np.isfinite(x)
+        if bad.any():
+            x[bad] = 0.0
         x *= np.expand_dims(valid, -3)
         return x
 
