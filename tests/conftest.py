@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GEOCMID_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 warnings.filterwarnings("ignore", category=UserWarning, module="torchgeo")
+# Dry-run plans time real model steps (seconds each, more on busy cores); the suite runs many
+# dry runs, so measuring is off unless a test turns it on (tests/recipes/test_calibrate.py).
+os.environ.setdefault("GEOCMID_MEASURE", "0")
 
 
 @pytest.fixture(scope="session")

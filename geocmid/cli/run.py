@@ -78,12 +78,25 @@ def _exists(path: str) -> bool:
     return Path(path).is_dir()
 
 
+def embed_plan(res: Any, plans: list[Any]) -> list[Any]:
+    """``plans`` with the embed step's line (it checks the scene and query, reading headers)."""
+    from geocmid.data.paths import gdal_env_scope
+    from geocmid.recipes.embed import insert_plan
+
+    with gdal_env_scope(res.spec["gdal_env"]):
+        return insert_plan(res, plans)
+
+
 def handler(args: argparse.Namespace) -> int:
+    from geocmid.recipes.calibrate import measuring
     from geocmid.recipes.planner import format_plan, make_plan
     from geocmid.recipes.runner import Runner
 
     res, facts = prepare(args)
-    print(format_plan(res, facts, make_plan(res, facts)), flush=True)
+    with measuring(bool(args.dry_run)):  # a real run starts at once; its steps time themselves
+        plan = make_plan(res, facts)
+    plan = embed_plan(res, plan)
+    print(format_plan(res, facts, plan), flush=True)
     if args.dry_run:
         print("\n--dry-run: nothing was run")
         return 0

@@ -320,6 +320,21 @@ def measure_task(
     return _measure(key, what, sizes, device, threads, "32-true", build)
 
 
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def measuring(enabled: bool) -> Iterator[None]:
+    """Measure steps (True) or fall back to the rough constants (False) inside the block: a
+    real run prints its plan without paying seconds of measuring before it starts."""
+    saved = _ENABLED[0]
+    _ENABLED[0] = enabled
+    try:
+        yield
+    finally:
+        _ENABLED[0] = saved
+
+
 def _measure(
     key: tuple[Any, ...],
     what: str,
@@ -332,6 +347,8 @@ def _measure(
     """Build at the first size that works (of ``sizes``), warm up, time; cached by ``key``."""
     if os.environ.get("GEOCMID_MEASURE", "1") == "0":
         raise RuntimeError("GEOCMID_MEASURE=0")
+    if not _ENABLED[0]:
+        raise RuntimeError("measured with --dry-run only")
     import torch
 
     kind = "cpu" if device == "cpu" else "cuda"

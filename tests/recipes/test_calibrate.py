@@ -149,6 +149,7 @@ def test_pretrain_dry_run_line_is_a_yaml_comment(fixed: None) -> None:
 def test_a_real_measurement_of_a_tiny_cmid_step(monkeypatch) -> None:
     """One real CMID step timing (ResNet-18, 64 px, 1 thread): cached, threads and random
     state left as they were."""
+    monkeypatch.setenv("GEOCMID_MEASURE", "1")  # off for the rest of the suite (conftest)
     monkeypatch.setattr(C, "_SPENT", [0.0])  # other tests' dry runs may have used the budget
     threads, state = torch.get_num_threads(), torch.get_rng_state()
     args = {"backbone": "resnet18", "queue_size": 256, "proj_hidden": 64, "head_hidden": 64,
@@ -163,3 +164,11 @@ def test_a_real_measurement_of_a_tiny_cmid_step(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="measuring time used up"):
         C.measure_cmid({**args, "queue_size": 128}, 3, 64, "cpu", threads=1)
     assert C.measure_cmid(args, 3, 64, "cpu", threads=1) is measured  # the cache still serves
+
+
+def test_real_runs_print_the_plan_without_measuring(monkeypatch) -> None:
+    """``geocmid run`` without --dry-run plans inside ``measuring(False)``: no seconds spent."""
+    monkeypatch.setenv("GEOCMID_MEASURE", "1")
+    args = {"backbone": "resnet18", "queue_size": 64}
+    with C.measuring(False), pytest.raises(RuntimeError, match="--dry-run only"):
+        C.measure_cmid(args, 3, 32, "cpu", threads=1)
