@@ -34,6 +34,17 @@ def test_every_command_has_help_with_an_example(command: str, capsys) -> None:
     assert "example" in capsys.readouterr().out.lower()
 
 
+@pytest.mark.parametrize(
+    "command", ["catalog", "demo-data", "pretrain", "export", "fit", "predict", "embed", "run"]
+)
+def test_every_usage_line_lists_quiet_and_verbose(command: str, capsys) -> None:
+    """The usage lines (argparse's, or pretrain's hand-written one) show -q and -v."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    usage = " ".join(capsys.readouterr().out.split("\n\n", 1)[0].split())
+    assert "[-q] [-v]" in usage, usage
+
+
 def test_unknown_arguments_exit_2(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["catalog", "list", "--nope"])

@@ -64,7 +64,7 @@ USAGE = (
     "geocmid pretrain [-h] [--config FILE] [--set KEY=VALUE ...] [--KEY VALUE ...]\n"
     "                        [--entry NAME] [--catalog DIR] [--backbone NAME] [--chip-size PX]\n"
     "                        [--batch-size N] [--epochs N] [--devices N] [--precision P]\n"
-    "                        [--run-dir DIR] [--dry-run]"
+    "                        [--run-dir DIR] [--dry-run] [-q] [-v]"
 )
 
 
