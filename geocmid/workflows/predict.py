@@ -151,6 +151,7 @@ def predict(request: PredictRequest) -> PredictResult:
     from geocmid.inference.run import OutputOptions, predict_scene
 
     inputs = _inputs(request)  # catalog entries are checked before the model is loaded
+    _check_readable(inputs)  # every scene file, before any block of any scene runs
     predictor = load_predictor(
         str(request.model),
         str(request.card) if request.card else None,
@@ -232,6 +233,24 @@ def _background(value: int | str | None, predictor: Any) -> int | None:
             "give one of them, 'auto' (the model card's background) or 'none'",
         )
     return number
+
+
+def _check_readable(inputs: list[list[Any]]) -> None:
+    """Read a sample of blocks of every scene file (:func:`geocmid.data.rasters.check_readable`),
+    so that a missing, truncated or corrupt file is named in one line before any work starts,
+    not after the scenes before it were predicted. Catalog entries were checked by
+    :func:`geocmid.inference.reader.entry_sources` (as ``catalog validate`` does).
+
+    Raises:
+        DataError: naming the first unreadable file, the block and the fix.
+    """
+    from geocmid.data.rasters import check_readable
+    from geocmid.data.sources import RasterSource
+
+    for group in inputs:
+        for scene in group:
+            if not isinstance(scene, RasterSource):
+                check_readable(scene)
 
 
 def _warn_if_not_georeferenced(scene: Any) -> None:

@@ -203,3 +203,39 @@ def test_sigterm_during_a_recipe_stops_cleanly_marks_interrupted_and_exits_130(
     assert "Traceback" not in err
     assert json.loads(state.read_text())["pretrain"]["status"] == "interrupted"
     assert json.loads((run / "pretrain" / "status.json").read_text())["status"] == "interrupted"
+
+
+def write_tiled(path: Path, image: np.ndarray) -> Path:
+    """``image`` as a tiled, deflate-compressed GeoTIFF (its blocks spread over the file)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=image.shape[2], height=image.shape[1],
+                       count=image.shape[0], dtype=image.dtype, crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 10, 10), tiled=True,
+                       blockxsize=64, blockysize=64, compress="deflate") as dst:  # fmt: skip
+        dst.write(image)
+    return path
+
+
+def test_predict_checks_every_input_before_any_block_runs(tmp_path: Path, capsys) -> None:
+    """A truncated second scene is named before the first scene is predicted."""
+    good = write_tiled(tmp_path / "good.tif", smooth_field((256, 256), bands=3))
+    bad = write_tiled(tmp_path / "bad.tif", smooth_field((256, 256), seed=1, bands=3))
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    torch.jit.script(torch.nn.Conv2d(3, 2, 1)).save(str(tmp_path / "model.pt"))
+    classes = [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}]
+    card = {"name": "toy", "bands": [1, 2, 3], "in_chans": 3, "mean": [0.0] * 3,
+            "std": [1000.0] * 3, "classes": classes}  # fmt: skip
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    code = main(["predict", str(good), str(bad), "-o", str(out), "--model",
+                 str(tmp_path / "model.pt"), "--card", str(tmp_path / "card.json"),
+                 "--window", "64", "--overlap", "16", "--block-size", "128",
+                 "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    one_error_line(err)
+    assert "bad.tif" in err and "truncated or corrupt" in err and "fix:" in err, err
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())  # no block ran
