@@ -195,6 +195,10 @@ class Runner:
                 lambda: S.run_predict(res, self.facts),
             )  # fmt: skip
             self._styles()  # cheap, and QGIS users may have deleted or edited them
+        if "embed" in res.steps:
+            from geocmid.recipes import embed as E
+
+            self._step("embed", E.embed_complete(res), lambda: E.run_embed(res))
         if "evaluate" in res.steps:
             from geocmid.recipes.evaluate import evaluate_step
 

@@ -33,7 +33,7 @@ TOP: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "steps": ((dict,), None, "the steps, run in the order of STEP_ORDER"),
 }
 #: Steps in the order they run, whatever the order in the file.
-STEP_ORDER = ("demo_data", "pretrain", "finetune", "predict", "evaluate", "report")
+STEP_ORDER = ("demo_data", "pretrain", "finetune", "predict", "embed", "evaluate", "report")
 STEPS: dict[str, dict[str, tuple[tuple[type, ...], Any, str]]] = {
     "demo_data": {
         "out": ((str, NoneType), None, "folder (default: RUN_DIR/demo)"),
@@ -70,6 +70,27 @@ STEPS: dict[str, dict[str, tuple[tuple[type, ...], Any, str]]] = {
         "simplify": (NUMBER, 0.0, "polygon simplification, px"),
         "geojson": ((bool,), False, "also write GeoJSON (EPSG:4326)"),
     },
+    "embed": {
+        "scene": ((str,), None, "imagery entry or raster file to embed (required)"),
+        "query": (
+            (list, dict),
+            None,
+            "the chip to match (required): a point [x, y] in the scene's CRS, {lon: .., lat: ..} "
+            "in degrees, or a pixel {row: .., col: ..}",
+        ),
+        "model": (
+            (str,),
+            "pretrain",
+            "'pretrain' (that step's export), a `geocmid export` (.safetensors), or a backbone "
+            "name (resnet18 ...) with random weights (smoke runs)",
+        ),
+        "chip": ((int,), 64, "chip edge, px"),
+        "stride": ((int, NoneType), None, "px between chip origins (default: chip)"),
+        "batch_size": ((int,), 16, "chips per forward pass"),
+        "min_valid": (NUMBER, 0.5, "leave out chips with a smaller valid fraction"),
+        "k": ((int,), 10, "matches in the map (besides the query chip)"),
+        "name": ((str,), "matches", "map name: maps/NAME.gpkg, maps/NAME_quicklook.png"),
+    },
     "evaluate": {
         "labels": ((str,), None, "reference raster_labels entry or raster file (required)"),
         "areas": (
@@ -84,7 +105,7 @@ STEPS: dict[str, dict[str, tuple[tuple[type, ...], Any, str]]] = {
     },
 }
 REQUIRED = {"pretrain": ["config"], "finetune": ["config"], "predict": ["scenes"]}
-REQUIRED.update({"evaluate": ["labels"]})
+REQUIRED.update({"evaluate": ["labels"], "embed": ["scene", "query"]})
 
 #: Overrides of profile ``tiny`` for every recipe: one short epoch, few chips, small windows.
 TINY: dict[str, Any] = {
@@ -108,6 +129,8 @@ TINY: dict[str, Any] = {
     "steps.predict.window": 128,
     "steps.predict.overlap": 16,
     "steps.predict.batch_size": 4,
+    "steps.embed.chip": 32,
+    "steps.embed.k": 5,
     "device": "cpu",
 }
 
@@ -225,3 +248,38 @@ def _check_links(recipe: Recipe, steps: dict[str, Any]) -> None:
         )  # fmt: skip
     if "evaluate" in steps and "predict" not in steps:
         raise recipe.error("steps.evaluate", "needs a predict step", "add a predict step")
+    if "embed" in steps:
+        _check_embed(recipe, steps)
+
+
+def _check_embed(recipe: Recipe, steps: dict[str, Any]) -> None:
+    """The embed step's model link, query form and sizes."""
+    step = steps["embed"]
+    if step["model"] == "pretrain" and "pretrain" not in steps:
+        raise recipe.error(
+            "steps.embed.model", "is 'pretrain' but the recipe has no pretrain step",
+            "add a pretrain step, or give an export (.safetensors) or a backbone name",
+        )  # fmt: skip
+    for key in ("chip", "batch_size", "k"):
+        if step[key] < 1:
+            raise recipe.error(f"steps.embed.{key}", f"is {step[key]}", "give a positive number")
+    if step["stride"] is not None and step["stride"] < 1:
+        raise recipe.error("steps.embed.stride", f"is {step['stride']}", "give a positive number")
+    query = step["query"]
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    forms = ({"x", "y"}, {"lon", "lat"}, {"row", "col"})
+    if isinstance(query, list):
+        ok = len(query) == 2 and all(number(v) for v in query)
+    else:
+        ok = set(query) in forms and all(number(v) for v in query.values())
+        if ok and "row" in query:
+            ok = all(isinstance(query[k], int) and query[k] >= 0 for k in ("row", "col"))
+    if not ok:
+        raise recipe.error(
+            "steps.embed.query", f"is {query!r}",
+            "give a point [x, y] in the scene's CRS, {lon: 12.5, lat: 41.9}, or a pixel "
+            "{row: 120, col: 64}",
+        )  # fmt: skip
