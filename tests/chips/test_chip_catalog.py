@@ -187,3 +187,39 @@ def test_mask_size_and_value_errors(tmp_path: Path) -> None:
                 "splits: {val: x}\n")  # fmt: skip
     with pytest.raises(ConfigError, match="no 'train' split"):
         Catalog(tmp_path / "cat").get("t")
+
+
+def test_validate_names_every_unreadable_image_of_a_folder(tmp_path: Path, capsys) -> None:
+    """Three corrupt images of one class folder: one error for the entry naming all three."""
+    rng = np.random.default_rng(0)
+    for c in ("beach", "forest"):
+        for i in range(4):
+            write_png(tmp_path / "imgs" / c / f"{c}_{i}.png", rng.integers(0, 255, (32, 32, 3),
+                                                                          np.uint8))  # fmt: skip
+    for i in (0, 1, 3):
+        (tmp_path / "imgs" / "forest" / f"forest_{i}.png").write_bytes(b"not an image" * 10)
+    write_entry(tmp_path / "cat", "scenes", "kind: image_folder\nroot: ../imgs\n")
+    code = main(["--catalog", str(tmp_path / "cat"), "catalog", "validate"])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert out.count("FAILED") == 1 and "3 of 8 files cannot be read" in out, out
+    for i in (0, 1, 3):
+        assert f"forest_{i}.png" in out, out
+    assert "forest_2.png" not in out and "Traceback" not in out, out
+
+
+def test_validate_names_every_label_that_cannot_be_decoded(tmp_path: Path, capsys) -> None:
+    """Label PNGs cut short (their headers read, their pixels do not): all of them named."""
+    root = levir_layout(tmp_path / "LEVIR-CD", size=64, counts={"train": 4, "val": 2})
+    for i in (0, 1, 2):
+        label = root / "train" / "label" / f"train_{i}.png"
+        data = label.read_bytes()
+        label.write_bytes(data[: len(data) // 2])
+    write_entry(tmp_path / "cat", "levir", "kind: chip_change\nroot: ../LEVIR-CD\n"
+                "splits: {train: train, val: val}\n")  # fmt: skip
+    code = main(["--catalog", str(tmp_path / "cat"), "catalog", "validate", "levir"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "3 of 6 label files cannot be read" in err and "cannot be decoded" in err, err
+    for i in (0, 1, 2):
+        assert f"train_{i}.png" in err, err

@@ -176,3 +176,42 @@ def test_mosaic_of_tiles_at_two_resolutions_is_read_on_the_finest(tmp_path: Path
         data, valid = reader.read(0, 60, 0, 80)
     assert valid.all()
     np.testing.assert_array_equal(data[:, :, 40:], fine)
+
+
+def test_validate_names_every_truncated_file_of_an_entry(tmp_path: Path, capsys) -> None:
+    """Three truncated tiles of five in one folder: one error for the entry naming all three."""
+    for i in range(5):
+        path = tmp_path / "tiles" / f"tile{i}.tif"
+        path.parent.mkdir(exist_ok=True)
+        origin = (ORIGIN[0] + 2560 * i, ORIGIN[1])
+        with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3,
+                           dtype="uint16", crs="EPSG:32632", transform=from_origin(*origin, 10, 10),
+                           tiled=True, blockxsize=64, blockysize=64,
+                           compress="deflate") as ds:  # fmt: skip
+            ds.write(smooth_field((256, 256), seed=i, bands=3))
+        if i in (0, 2, 3):
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+    write_entry(tmp_path / "cat", "tiles", "kind: imagery\npaths: ../tiles/*.tif\nbands: 3\n")
+    write_raster(tmp_path / "good.tif", smooth_field((64, 64), bands=3))
+    write_entry(tmp_path / "cat", "good", "kind: imagery\npaths: ../good.tif\nbands: 3\n")
+    code = main(["--catalog", str(tmp_path / "cat"), "catalog", "validate"])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert "ok      good" in out and out.count("FAILED") == 1, out
+    assert "3 of 5 files cannot be read" in out and "truncated or corrupt" in out, out
+    for name in ("tile0.tif", "tile2.tif", "tile3.tif"):
+        assert name in out, out
+    assert "tile1.tif" not in out and "tile4.tif" not in out, out
+    assert "Traceback" not in out and "1 of 2 entries failed validation" in out, out
+
+
+def test_several_file_errors_list_ten_and_count_the_rest() -> None:
+    from geocmid.errors import DataError, several_files
+
+    errors = [DataError(f"/data/tiles/t{i:02d}.tif", "is truncated or corrupt") for i in range(13)]
+    error = several_files(errors, 20, "catalog entry 'tiles'")
+    assert error.where == "catalog entry 'tiles'"
+    assert "13 of 20 files cannot be read (in /data/tiles): t00.tif, t01.tif" in error.problem
+    assert "t09.tif … and 3 more" in error.problem and "t10.tif" not in error.problem
+    assert several_files(errors[:1], 20, "x") is errors[0]  # one file: its own error

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from geocmid.data.catalog.schema import (
     ChipChangeEntry,
@@ -11,7 +12,7 @@ from geocmid.data.catalog.schema import (
     ChipSegmentationEntry,
     ImageFolderEntry,
 )
-from geocmid.errors import DataError
+from geocmid.errors import DataError, several_files
 
 #: Masks up to this many pixels in total are decoded by ``catalog validate`` (every value and
 #: colour checked against the class table); larger datasets are checked as they are read.
@@ -29,14 +30,15 @@ def validate_chip_entry(entry: ChipEntry) -> dict[str, int]:
     Raises:
         ConfigError, DataError: naming the entry key or the file, what is wrong and the fix.
     """
-    from geocmid.data.chipsets import band_names, image_header, mask_decoder, records
+    from geocmid.data.chipsets import band_names, mask_decoder, records
 
     recs = records(entry)
+    header_of = _readable_headers(recs.files, entry.where)
     first = recs.files[0][0]
-    bands = image_header(first)[0]
+    bands = header_of[first][0]
     band_names(entry, bands)  # `bands` of the entry against the files
     for group in recs.files:
-        headers = [image_header(f) for f in group]
+        headers = [header_of[f] for f in group]
         image = headers[0]
         if image[0] != bands:
             raise DataError(
@@ -82,11 +84,46 @@ def validate_chip_entry(entry: ChipEntry) -> dict[str, int]:
         return {c: counts[c] for c in recs.classes}
     assert isinstance(entry, ChipSegmentationEntry | ChipChangeEntry)
     decode = mask_decoder(entry)
-    pixels = 0
+    pixels, checked = 0, 0
+    broken: list[DataError] = []
     for group in recs.files:
-        h, w = image_header(group[-1])[1:]
+        h, w = header_of[group[-1]][1:]
         pixels += h * w
         if pixels > CHECK_PIXELS:
             break
-        decode(group[-1])  # raises on a value / colour missing from the class table
+        checked += 1
+        try:
+            decode(group[-1])  # raises on a value / colour missing from the class table
+        except DataError as error:
+            if not error.problem.startswith("cannot be decoded"):
+                raise
+            broken.append(error)  # a corrupt file: every one is named below
+    if broken:
+        raise several_files(broken, checked, entry.where, "label files")
     return dict(Counter(s or "pairs" for s in recs.splits))
+
+
+def _readable_headers(
+    files: list[tuple[Path, ...]], where: str
+) -> dict[Path, tuple[int, int, int]]:
+    """``(bands, height, width)`` of every file of every group.
+
+    Raises:
+        DataError: one error for every file whose header cannot be read (how many, the first
+            few named), not only for the first.
+    """
+    from geocmid.data.chipsets import image_header
+
+    headers: dict[Path, tuple[int, int, int]] = {}
+    failures: list[DataError] = []
+    for group in files:
+        for path in group:
+            if path in headers:
+                continue
+            try:
+                headers[path] = image_header(path)
+            except DataError as error:
+                failures.append(error)
+    if failures:
+        raise several_files(failures, len(headers) + len(failures), where)
+    return headers

@@ -42,7 +42,7 @@ from geocmid.data.sources import (
     imagery_source,
     refuse_stacked_pixel_grids,
 )
-from geocmid.errors import ConfigError, DataError, did_you_mean
+from geocmid.errors import ConfigError, DataError, did_you_mean, several_files
 
 
 @dataclass
@@ -55,10 +55,30 @@ class EntryReport:
     image_counts: dict[str, int] = field(default_factory=dict)
 
 
+def readable_infos(files: list[Path], where: str) -> list[RasterInfo]:
+    """The headers of ``files``, each file's blocks sampled (:func:`check_readable`).
+
+    Raises:
+        DataError: one error for every file that cannot be opened or read (how many, the first
+            few named, :func:`geocmid.errors.several_files`), not only for the first.
+    """
+    infos: list[RasterInfo] = []
+    failures: list[DataError] = []
+    for path in files:
+        try:
+            info = raster_info(path)
+            check_readable(info.path)
+        except DataError as error:
+            failures.append(error)
+        else:
+            infos.append(info)
+    if failures:
+        raise several_files(failures, len(files), where)
+    return infos
+
+
 def validate_imagery(entry: ImageryEntry) -> list[RasterInfo]:
-    infos = [raster_info(f) for f in entry.files()]
-    for info in infos:
-        check_readable(info.path)
+    infos = readable_infos(entry.files(), entry.where)
     expected = 1 if entry.band_files else len(entry.bands)
     for info in infos:
         if info.count != expected:
@@ -149,9 +169,7 @@ def check_aligned(infos: list[RasterInfo], reference: ImageryEntry) -> None:
 
 
 def validate_raster_labels(entry: RasterLabelsEntry, catalog: Catalog | None) -> list[RasterInfo]:
-    infos = [raster_info(f) for f in entry.files()]
-    for info in infos:
-        check_readable(info.path)
+    infos = readable_infos(entry.files(), entry.where)
     for info in infos:
         if info.count != 1:
             raise DataError(str(info.path), f"label rasters need 1 band, this one has {info.count}")
