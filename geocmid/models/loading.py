@@ -260,6 +260,7 @@ def load_weights(
     path: str | os.PathLike[str],
     strict: bool = True,
     adapt_in_chans: bool = True,
+    log_level: int = logging.INFO,
 ) -> LoadReport:
     """Load a weight file into a geocmid backbone (or masked backbone), converting layouts.
 
@@ -270,9 +271,10 @@ def load_weights(
         strict: raise :class:`ModelError` if any key is missing, unexpected or mismatched.
         adapt_in_chans: adapt a stem trained on another band count (timm's ``adapt_input_conv``:
             repeat and rescale RGB filters), e.g. to start 13-band training from RGB weights.
+        log_level: level of the summary line (callers that log their own line pass DEBUG).
 
     Returns:
-        a :class:`LoadReport`, also logged at INFO.
+        a :class:`LoadReport`, also logged (at ``log_level``).
 
     Raises:
         ModelError: the file is unreadable, holds another architecture, or (strict) does not fit.
@@ -320,7 +322,7 @@ def load_weights(
     mask_token = getattr(module, "mask_token", None)
     if masked and token is not None and token.numel() == mask_token.numel():
         report.adapted.append("mask_token")
-    log.info(report.summary())
+    log.log(log_level, report.summary())
     if strict and not report.ok:
         raise ModelError(where, f"does not fit {backbone.name}: {report.summary()}", _FIX_STRICT)
     backbone.model.load_state_dict(to_load, strict=False)

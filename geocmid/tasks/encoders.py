@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from geocmid.errors import ConfigError, ModelError
 from geocmid.models.backbones import Backbone, create_backbone, resolve_name
 from geocmid.models.card import ModelCard
+from geocmid.models.loading import few_keys
 
 log = logging.getLogger(__name__)
 
@@ -145,19 +146,42 @@ def load_encoder(
     from geocmid.models.weights import load_weights
 
     module = create_backbone(backbone, in_chans, img_size=img_size)
-    report = load_weights(module, path, strict=True, adapt_in_chans=adapt_in_chans)
+    report = load_weights(
+        module, path, strict=True, adapt_in_chans=adapt_in_chans, log_level=logging.DEBUG
+    )
     stem = next(
         (k for k in report.adapted if k in ("conv1.weight", "patch_embed.proj.weight")), None
     )
     if stem is not None:
         log.warning("%s: stem adapted to %d bands (adapt_in_chans=True)", path, in_chans)
+    done = len(report.loaded) + len(report.adapted)
+    notes = [f"{len(report.adapted)} adapted"] if report.adapted else []
+    notes += [f"{len(report.ignored)} ignored on purpose"] if report.ignored else []
+    log_loaded(path, module, done, notes)
     return EncoderSource(module, "weights", path)
+
+
+def log_loaded(path: str, backbone: Backbone, loaded: int, notes: Sequence[str] = ()) -> None:
+    """The one console line that says where the encoder weights come from, e.g.
+    ``encoder weights: runs/x/cmid.safetensors (resnet18, 122 of 122 tensors loaded; card
+    fingerprint ab12cd34ef56)``."""
+    total = len(backbone.model.state_dict())
+    details = "; ".join([f"{backbone.name}, {loaded} of {total} tensors loaded", *notes])
+    log.info("encoder weights: %s (%s)", path, details)
+
+
+def card_fingerprint(card: ModelCard) -> str:
+    """The first 12 hex digits of the SHA-256 of the card's JSON (which export this is)."""
+    import hashlib
+
+    return hashlib.sha256(card.to_json().encode()).hexdigest()[:12]
 
 
 def _load_export(path: str, backbone: str | None, in_chans: int, img_size: int) -> EncoderSource:
     from geocmid.models.weights import load_backbone
 
-    exported, card = load_backbone(path)
+    exported, card = load_backbone(path)  # strict: every tensor of the file, or an error
+    loaded = len(exported.model.state_dict())
     where = f"model card of '{path}'"
     if backbone and resolve_name(backbone) != exported.name:
         raise ModelError(
@@ -180,8 +204,12 @@ def _load_export(path: str, backbone: str | None, in_chans: int, img_size: int) 
         from geocmid.models.weights import load_weights
 
         module = create_backbone(exported.name, in_chans, img_size=img_size)
-        load_weights(module, Path(path).with_suffix(".safetensors"), strict=True)
+        report = load_weights(
+            module, Path(path).with_suffix(".safetensors"), strict=True, log_level=logging.DEBUG
+        )
+        loaded = len(report.loaded) + len(report.adapted)
         exported = module
+    log_loaded(path, exported, loaded, [f"card fingerprint {card_fingerprint(card)}"])
     return EncoderSource(exported, "export", path, card)
 
 
@@ -297,9 +325,27 @@ def copy_encoder(
         raise ModelError(
             f"{type(target).__name__} encoder", f"weights differ after loading: {differing[:5]}"
         )
-    if report.unused:
+    unused = [k for k in report.unused if not _feature_extractor_norm(k, backbone, target)]
+    if unused:
+        log.warning(
+            "encoder weights: %d of %d tensors of %s have no place in the %s encoder and are "
+            "not used: %s; the model trains without them (check the backbone and model "
+            "settings)",
+            len(unused), len(source), backbone.name, type(target).__name__, few_keys(unused),
+        )  # fmt: skip
+    elif report.unused:
         log.debug("encoder weights not used downstream: %s", report.unused)
     return report
+
+
+def _feature_extractor_norm(key: str, backbone: Backbone, target: nn.Module) -> bool:
+    """Swin's final norm, which timm's feature extractors (smp ``tu-`` encoders) leave out: not
+    worth a warning (see the module docstring)."""
+    return (
+        backbone.family == "swin"
+        and key.startswith("norm.")
+        and "Universal" in type(target).__name__
+    )
 
 
 def _derived(key: str) -> bool:

@@ -103,3 +103,55 @@ def test_band_count_mismatch_is_a_clear_error(rgb_export: Path) -> None:
     with pytest.raises(ModelError, match="resnet18"):
         SegmentationTask(weights=str(rgb_export), backbone="resnet50", in_channels=3,
                          num_classes=2, chip_size=64)  # fmt: skip
+
+
+def test_loading_an_export_says_so_in_one_info_line(rgb_export: Path, caplog) -> None:
+    import logging
+
+    from geocmid.models.card import ModelCard
+    from geocmid.tasks.encoders import card_fingerprint
+
+    caplog.set_level(logging.DEBUG)
+    SegmentationTask(model="unet", backbone=None, weights=str(rgb_export), in_channels=3,
+                     num_classes=3, chip_size=64)  # fmt: skip
+    lines = [r for r in caplog.records if r.getMessage().startswith("encoder weights:")]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, caplog.text
+    total = len(create_backbone("resnet18", 3).model.state_dict())
+    fingerprint = card_fingerprint(ModelCard.from_file(rgb_export.with_suffix(".json")))
+    assert lines[0].getMessage() == (
+        f"encoder weights: {rgb_export} (resnet18, {total} of {total} tensors loaded; "
+        f"card fingerprint {fingerprint})"
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_release_checkpoint_gets_the_same_line(tmp_path: Path, caplog) -> None:
+    import logging
+
+    backbone = create_backbone("resnet18", 3)
+    torch.save({"model": backbone.model.state_dict()}, tmp_path / "release.pth")
+    caplog.set_level(logging.INFO)
+    ClassificationTask(backbone="resnet18", weights=str(tmp_path / "release.pth"),
+                       in_channels=3, num_classes=2, chip_size=64)  # fmt: skip
+    total = len(backbone.model.state_dict())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"encoder weights: {tmp_path / 'release.pth'} (resnet18, ")
+               and f"of {total} tensors loaded" in m for m in messages), messages  # fmt: skip
+    assert not any(m.startswith("weights ") for m in messages), messages  # one line, not two
+
+
+def test_encoder_tensors_without_a_place_downstream_are_a_warning(rgb_export: Path, caplog) -> None:
+    import logging
+
+    from geocmid.tasks.encoders import copy_encoder
+
+    exported, _ = load_backbone(rgb_export)
+    target = create_backbone("resnet18", 3).model
+    del target.layer4  # a downstream encoder without the last stage
+    caplog.set_level(logging.INFO)
+    report = copy_encoder(exported, target)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    n = len([k for k in exported.model.state_dict() if k.startswith("layer4.")])
+    assert len(report.unused) == n and len(warnings) == 1, warnings
+    assert f"{n} of {len(exported.model.state_dict())} tensors of resnet18" in warnings[0]
+    assert "layer4.0.conv1.weight" in warnings[0] and "more" in warnings[0], warnings
