@@ -11,7 +11,9 @@ Training draws ``chips_per_epoch`` random ``chip_size`` windows (a random tile, 
 position, random flips / 90° rotations); validation and test cover every tile with a grid of
 windows (the last row / column shifted inwards to end at the tile edge), so every labelled
 pixel of the split is scored (pixels where shifted windows overlap count twice). Tiles smaller
-than a window are padded (image 0, mask ignored).
+than a window are padded (image 0, mask ignored): a warning gives the numbers and the fix, and
+a chip size larger than every training tile that would make each chip mostly padding is refused
+(:func:`check_padding`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,51 @@ def grid_windows(height: int, width: int, size: int) -> list[tuple[int, int]]:
         return out if out[-1] == n - size else [*out, n - size]
 
     return [(y, x) for y in starts(height) for x in starts(width)]
+
+
+#: Refused when every training tile is smaller than the chip and more than this share of each
+#: chip would be padding.
+MAX_PADDING = 0.5
+
+
+def check_padding(sizes: Sequence[tuple[int, int]], chip_size: int, where: str) -> float:
+    """Warn once when training tiles are smaller than ``chip_size`` (their chips are padded:
+    image 0, mask ignored), with the numbers and the fix; refuse when every tile is smaller and
+    more than :data:`MAX_PADDING` of each chip would be padding.
+
+    Args:
+        sizes: ``(height, width)`` of each training tile.
+        chip_size: the window edge in pixels.
+        where: the catalog entry, for messages.
+
+    Returns:
+        the expected share of padded pixels in a training chip (a random tile each).
+
+    Raises:
+        ConfigError: every tile is smaller than the chip and mostly padding.
+    """
+    s = chip_size
+    shares = [1.0 - min(h, s) * min(w, s) / (s * s) for h, w in sizes]
+    small = [(h, w) for h, w in sizes if h < s or w < s]
+    if not small:
+        return 0.0
+    share = float(np.mean(shares))
+    side = min(min(h, w) for h, w in sizes)
+    areas = sorted(small, key=lambda hw: hw[0] * hw[1])
+    lo, hi = areas[0], areas[-1]
+    size = f"{lo[1]}x{lo[0]} px" if lo == hi else f"{lo[1]}x{lo[0]} to {hi[1]}x{hi[0]} px"
+    multiple = side // 32 * 32
+    hint = f" (e.g. {multiple}, a multiple of 32 as the encoders need)" if multiple >= 32 else ""
+    fix = f"set data.chip_size to at most {side}, the smallest tile side{hint}"
+    text = (
+        f"{len(small)} of {len(sizes)} training tiles are smaller than the chip size "
+        f"({size}, data.chip_size = {s}): {share:.0%} of the pixels of training chips would be "
+        "padding (image 0, mask ignored)"
+    )
+    if len(small) == len(sizes) and min(shares) > MAX_PADDING:
+        raise ConfigError(where, text + ", so the model would learn mostly from padding", fix)
+    log.warning("%s: %s; %s", where, text, fix)
+    return share
 
 
 def _window(array: np.ndarray, y: int, x: int, size: int, fill: float) -> np.ndarray:
@@ -230,6 +277,8 @@ class _PairedChipDataModule(CatalogDataModule):
                 entry.where, "the train split holds no tile", "add tiles or check 'splits'"
             )
         self.band_list = band_names(entry, image_header(recs.files[0][0])[0])
+        train_sizes = [image_header(recs.files[i][0])[1:] for i in self.index["train"]]
+        check_padding(train_sizes, hp.chip_size, entry.where)
         if hp.mean is not None and hp.std is not None:
             stats = ([float(v) for v in hp.mean], [float(v) for v in hp.std])
         else:

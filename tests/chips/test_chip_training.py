@@ -3,6 +3,7 @@ dataset classes (UCMerced, LEVIRCD, MillionAID) on files laid out as they expect
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -225,3 +226,51 @@ def test_pretrain_on_torchgeo_millionaid_layout(tmp_path: Path) -> None:
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert abs(float(batch["image"].mean())) < 0.5  # normalised with the data's statistics
     assert dm.task_args()["data"] == "millionaid"
+
+
+def test_tiles_smaller_than_the_chip_are_a_warning_with_the_numbers(tmp_path: Path, caplog) -> None:
+    """Two of six training pairs are 48x48 with 64 px chips: trained on, with one warning."""
+    import logging
+
+    from geocmid.datamodules import ChipChangeDataModule
+    from tests.chips.fixtures import change_triplet
+
+    counts = {"train": 4, "val": 1, "test": 1}
+    root = levir_layout(tmp_path / "LEVIR-CD", size=64, counts=counts)
+    rng = np.random.default_rng(1)
+    for i in (4, 5):
+        for folder, array in zip(("A", "B", "label"), change_triplet(rng, 48), strict=True):
+            write_png(root / "train" / folder / f"train_{i}.png", array)
+    write_entry(tmp_path / "cat", "levir", "kind: chip_change\nroot: ../LEVIR-CD\n"
+                "splits: {train: train, val: val, test: test}\n")  # fmt: skip
+    caplog.set_level(logging.INFO)
+    dm = ChipChangeDataModule("levir", tmp_path / "cat", chip_size=64, batch_size=2)
+    dm.setup()
+    dm.setup()  # once
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    padded = 2 / 6 * (1 - 48 * 48 / 64**2)  # two tiles of six, 44 % of their chips
+    assert "2 of 6 training tiles are smaller than the chip size (48x48 px" in warnings[0]
+    assert f"{padded:.0%} of the pixels of training chips would be padding" in warnings[0]
+    assert "set data.chip_size to at most 48" in warnings[0], warnings
+    assert dm.train_dataloader().dataset[0]["image"].shape == (2, 3, 64, 64)  # still trains
+
+
+def test_a_chip_mostly_padding_on_every_tile_is_refused(tmp_path: Path) -> None:
+    from geocmid.datamodules import ChipSegmentationDataModule
+    from geocmid.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_png(tmp_path / "seg" / "images" / f"t{i}.png", rng.integers(0, 255, (40, 40, 3),
+                                                                          np.uint8))  # fmt: skip
+        write_png(tmp_path / "seg" / "masks" / f"t{i}.png", rng.integers(0, 2, (40, 40), np.uint8))
+    write_entry(tmp_path / "cat", "seg", "kind: chip_segmentation\nroot: ../seg\n"
+                "classes: {0: background, 1: thing}\n")  # fmt: skip
+    dm = ChipSegmentationDataModule("seg", tmp_path / "cat", chip_size=64)
+    with pytest.raises(ConfigError) as info:
+        dm.setup()
+    text = info.value.format()
+    assert re.search(r"(\d) of \1 training tiles are smaller than the chip size \(40x40 px", text)
+    assert "61% of the pixels" in text and "at most 40" in text and "e.g. 32" in text, text
+    ChipSegmentationDataModule("seg", tmp_path / "cat", chip_size=32).setup()  # the fix works
