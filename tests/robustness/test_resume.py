@@ -91,8 +91,15 @@ def test_pretraining_killed_after_an_epoch_resumes_with_the_same_queue(
     ]  # fmt: skip
     ckpt = kill_after_first_checkpoint(argv, run / "checkpoints" / "last.ckpt", tmp_path)
     assert read_status(run)["status"] == "running"  # killed: nobody could mark it
-    queue = {k: v for k, v in ckpt["state_dict"].items() if "queue" in k}
-    assert queue, f"the MoCo queue is not in the checkpoint: {sorted(ckpt['state_dict'])[:20]}"
+    state = ckpt["state_dict"]
+    queue = {k: v for k, v in state.items() if "queue" in k}
+    assert queue, f"the MoCo queue is not in the checkpoint: {sorted(state)[:20]}"
+    centre = {k: v for k, v in state.items() if k.endswith(".center")}  # DINO / dense centre
+    assert centre, f"the DINO centre is not in the checkpoint: {sorted(state)[:20]}"
+    assert all(v.abs().sum() > 0 for v in centre.values()), "the centre was updated in epoch 0"
+    teacher = {k: v for k, v in state.items() if ".teacher" in k}  # EMA teacher, heads, BN stats
+    assert {k.split(".teacher")[1].split(".")[0] for k in teacher} >= {"", "_projector",
+                                                                       "_local_head"}  # fmt: skip
 
     seen = first_epoch_state(monkeypatch)
     torch.set_num_threads(1)
@@ -100,8 +107,13 @@ def test_pretraining_killed_after_an_epoch_resumes_with_the_same_queue(
     out = capsys.readouterr()
     assert "resuming from" in out.err + out.out
     assert seen["epoch"] == 1 and seen["global_step"] == ckpt["global_step"] == 1
-    for key, value in queue.items():  # the queue the killed run had, not a fresh random one
+    # the queue, centre and EMA teacher the killed run had, not fresh random / zero / copied ones
+    for key, value in {**queue, **centre, **teacher}.items():
         assert torch.equal(seen["state"][key], value), key
+    student = {k.replace(".teacher.", ".student.backbone."): v for k, v in teacher.items()}
+    assert any(not torch.equal(state[k], v) for k, v in student.items() if k in state), (
+        "the teacher is an average of the student, not a copy of it"
+    )
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 2 and final["global_step"] == 3  # the same schedule: 3 epochs
     assert read_status(run)["status"] == "done"
