@@ -129,6 +129,18 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` again if SIGINT / SIGTERM arrived during this command.
+
+    The handler raises where the main thread happens to be; when that is a finalizer (a file
+    object's ``__del__`` in a checkpoint write, a garbage-collected tensor), Python prints and
+    drops the exception and the run goes on. Long loops call this at safe points (the training
+    guard: every batch), so the interrupt takes effect there.
+    """
+    if _SIGNAL:
+        raise Interrupted(signal.Signals(_SIGNAL[-1]).name)
+
+
 def install_signal_handlers() -> dict[int, Any]:
     """SIGINT and SIGTERM raise :class:`KeyboardInterrupt` in the main thread (Lightning then
     stops training cleanly; the workflow marks the run interrupted).
@@ -139,6 +151,7 @@ def install_signal_handlers() -> dict[int, Any]:
         raise during their shutdown).
     """
     previous: dict[int, Any] = {}
+    _SIGNAL.clear()  # a new command (tests run several in one process)
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _raise_interrupt)
@@ -148,7 +161,9 @@ def install_signal_handlers() -> dict[int, Any]:
 
 
 def restore_signal_handlers(previous: dict[int, Any]) -> None:
-    """Put back the handlers :func:`install_signal_handlers` replaced."""
+    """Put back the handlers :func:`install_signal_handlers` replaced; the command is over, so
+    a signal it received no longer interrupts anything (:func:`raise_if_interrupted`)."""
+    _SIGNAL.clear()
     for signum, handler in previous.items():
         with contextlib.suppress(ValueError):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -244,6 +259,7 @@ __all__ = [
     "Interrupted",
     "describe_error",
     "install_signal_handlers",
+    "raise_if_interrupted",
     "setup",
     "was_interrupted",
 ]

@@ -13,7 +13,9 @@ geocmid config). It fails the run, with one sentence naming what went wrong:
   "best checkpoint" meaningless.
 
 Without a progress bar (not a terminal, ``--quiet``, recipe runs), it logs one line per epoch
-instead (steps, training loss, validation metric), so logs say what happened.
+instead (steps, training loss, validation metric), so logs say what happened. It also stops the
+run at the next batch after a Ctrl-C / SIGTERM whose exception Python dropped (raised inside a
+finalizer, e.g. while a checkpoint file was being closed), so an interrupt is never lost.
 
 :func:`write_status` records a run's state in ``RUN_DIR/status.json`` (``running``, ``done``,
 ``failed``, ``interrupted``, with the message), written atomically; the workflows call it.
@@ -52,6 +54,18 @@ def _finite(value: Any) -> bool:
         return True
 
 
+def _interrupt_if_signalled() -> None:
+    """Ctrl-C / SIGTERM whose exception was lost (raised inside a finalizer, e.g. while a
+    checkpoint file was closed) stops the run at the next batch
+    (:func:`geocmid.cli.console.raise_if_interrupted`); a no-op outside the ``geocmid``
+    command."""
+    import sys
+
+    console = sys.modules.get("geocmid.cli.console")
+    if console is not None:
+        console.raise_if_interrupted()
+
+
 class TrainingGuard(Callback):
     """Fail a run on an epoch without optimizer steps, a non-finite loss, or a validation epoch
     without any valid target pixel.
@@ -71,6 +85,18 @@ class TrainingGuard(Callback):
         self._val_batches = 0
         self._val_has_masks = False
         self._epoch_started = 0.0
+
+    # ---- interrupts ---------------------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        _interrupt_if_signalled()
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        _interrupt_if_signalled()
 
     # ---- training -----------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
