@@ -156,8 +156,25 @@ def install_signal_handlers() -> dict[int, Any]:
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _raise_interrupt)
     except ValueError:  # not the main thread (e.g. called from a test runner thread)
-        pass
+        return previous
+    hook = sys.unraisablehook
+    if not isinstance(hook, _QuietInterrupts):
+        sys.unraisablehook = _QuietInterrupts(hook)
     return previous
+
+
+class _QuietInterrupts:
+    """``sys.unraisablehook`` that drops the interrupt raised inside a finalizer (Python would
+    print "Exception ignored in ..." with a traceback; :func:`raise_if_interrupted` raises it
+    again where it can stop the run) and passes everything else to the previous hook."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            return
+        self.previous(unraisable)
 
 
 def restore_signal_handlers(previous: dict[int, Any]) -> None:
@@ -167,6 +184,8 @@ def restore_signal_handlers(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
         with contextlib.suppress(ValueError):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    if isinstance(sys.unraisablehook, _QuietInterrupts):
+        sys.unraisablehook = sys.unraisablehook.previous
 
 
 def was_interrupted() -> bool:

@@ -326,3 +326,25 @@ def test_a_ctrl_c_dropped_in_a_finalizer_still_stops_training(
     assert "rerun the same command to resume" in err and "Traceback" not in err, err
     status = read_status(run)
     assert status["status"] == "interrupted" and status["global_step"] == 1, status
+
+
+def test_an_interrupt_dropped_in_a_finalizer_prints_no_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from geocmid.cli import console
+
+    reported: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    previous = console.install_signal_handlers()
+    try:
+        SignalInFinalizer()
+        assert console.was_interrupted()  # the handler ran, inside __del__
+        with pytest.raises(console.Interrupted):
+            console.raise_if_interrupted()
+    finally:
+        console.restore_signal_handlers(previous)
+    assert reported == []  # not "Exception ignored in ... Traceback ..." on the console
+    assert sys.unraisablehook == reported.append  # put back with the signal handlers
+    console.raise_if_interrupted()  # the command is over: nothing pending
