@@ -33,11 +33,14 @@ rule, and with one file per band every band must hold data.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -694,6 +697,21 @@ def _fill_values(nodata: Sequence[float | None], dtype: np.dtype) -> np.ndarray:
     return np.array(out, dtype=dtype)
 
 
+#: Readers with open files in this process, closed at exit (:func:`_close_open_readers`).
+_OPEN_READERS: weakref.WeakSet[SourceReader] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_readers() -> None:
+    """Close the files of readers still open when Python exits (datasets keep their readers
+    for the life of the process). Left to interpreter teardown, GDAL closes them after Python
+    has half shut down and rasterio's error handler fails there, printing a bare
+    "Error in sys.excepthook" per file."""
+    for reader in list(_OPEN_READERS):
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
 class SourceReader:
     """Reads windows of a :class:`RasterSource`'s grid. Use as a context manager.
 
@@ -730,6 +748,7 @@ class SourceReader:
             self._handles, self._pid = {}, os.getpid()
         if path not in self._handles:
             self._handles[path] = self._open(path)
+            _OPEN_READERS.add(self)
         return self._handles[path]
 
     def _open(self, path: str) -> _Handle | None:

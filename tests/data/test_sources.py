@@ -222,3 +222,23 @@ def test_a_file_warped_onto_another_grid_is_nodata_outside_its_footprint(
     assert not valid[:, : w // 2 - 6].any()
     inner = (slice(None), slice(5, -5), slice(w // 2 + 5, -5))
     assert np.abs(data[inner].astype(float) - mixed.pixels[inner]).mean() < 50
+
+
+
+def test_files_left_open_by_a_dataset_are_closed_at_exit(tmp_path: Path) -> None:
+    """Datasets keep their readers' files open for the life of the process; an exit hook
+    closes them while Python is intact (left to interpreter teardown, GDAL closed them after
+    rasterio's error handler could run and each printed 'Error in sys.excepthook')."""
+    from geocmid.data import sources
+
+    write_raster(tmp_path / "img" / "a.tif", smooth_field((64, 64), seed=5, bands=2),
+                 origin=ORIGIN, nodata=0)  # fmt: skip
+    write_entry(tmp_path / "cat", "img", "kind: imagery\npaths: ../img\nbands: [r, g]\n")
+    reader = imagery_source(Catalog(tmp_path / "cat").get("img")).reader()
+    _, valid = reader.read(0, 8, 0, 8)
+    assert valid.all()
+    files = [h.dataset for h in reader._handles.values() if h is not None]
+    assert files and not any(f.closed for f in files)
+    sources._close_open_readers()
+    assert all(f.closed for f in files)
+
