@@ -723,6 +723,7 @@ class SourceReader:
         self.source = source
         self.dtype = np.dtype(source.dtype)
         self._handles: dict[str, _Handle | None] = {}
+        self._plans: dict[tuple[tuple[int, ...], tuple[int, ...]], list[Any]] = {}
         self._pid = os.getpid()
 
     def __enter__(self) -> SourceReader:
@@ -737,15 +738,16 @@ class SourceReader:
                 if handle is not None:
                     for closer in handle.closers:
                         closer.close()
-        self._handles = {}
+        self._handles, self._plans = {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"source": self.source, "dtype": self.dtype, "_handles": {}, "_pid": None}
+        return {"source": self.source, "dtype": self.dtype, "_handles": {}, "_plans": {},
+                "_pid": None}  # fmt: skip
 
     def handle(self, path: str) -> _Handle | None:
         """``path`` opened on the grid (``None`` when it does not touch the grid)."""
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._plans, self._pid = {}, {}, os.getpid()
         if path not in self._handles:
             self._handles[path] = self._open(path)
             _OPEN_READERS.add(self)
@@ -825,7 +827,14 @@ class SourceReader:
         positions = list(range(len(s.bands))) if bands is None else [int(b) for b in bands]
         order = range(len(s.layers)) if layers is None else layers
         h, w = row1 - row0, col1 - col0
-        plans = [self._groups(s.layers[n], positions) for n in order]
+        if self._pid != os.getpid():  # cached plans hold the parent's GDAL handles
+            self._handles, self._plans, self._pid = {}, {}, os.getpid()
+        key = (tuple(order), tuple(positions))
+        plans = self._plans.get(key)
+        if plans is None:  # per layer: its files' handles and bands (cached: chips repeat them)
+            plans = [self._groups(s.layers[n], positions) for n in order]
+            if len(self._plans) < 4096:
+                self._plans[key] = plans
         out = np.empty((len(positions), h, w), self.dtype)
         if plans and self._inside(plans[0], row0, row1, col0, col1):
             # The common case: the window lies inside plain files on the grid. Read straight
