@@ -99,8 +99,12 @@ class Chips(torch.utils.data.Dataset):
 
 # ------------------------------------------------------------------------------------------------
 # methods: each builds a Lightning module and says how to get its backbone's pooled features
-def build(method: str, size: int, batch: int, mean: list[float], std: list[float]) -> Any:
-    """The Lightning task of ``method`` for 3-band ``size`` px chips and per-device ``batch``."""
+def build(
+    method: str, size: int, batch: int, mean: list[float], std: list[float],
+    cmid_set: dict[str, Any] | None = None,
+) -> Any:  # fmt: skip
+    """The Lightning task of ``method`` for 3-band ``size`` px chips and per-device ``batch``;
+    ``cmid_set``: CMIDTask arguments overriding its defaults (ablations, named in the report)."""
     warnings.filterwarnings("ignore", message=".*MoCo v2.*")
     if method == "cmid":
         from geocmid.cmid.task import CMIDTask
@@ -109,6 +113,7 @@ def build(method: str, size: int, batch: int, mean: list[float], std: list[float
             "resnet18", in_chans=3, chip_size=size, bands=["red", "green", "blue"],
             rgb_bands=["red", "green", "blue"], mean=[m * 255 for m in mean],
             std=[s * 255 for s in std], data="bench_probe", batch_size=batch,
+            **(cmid_set or {}),
         )  # fmt: skip
     if method == "moco":
         from torchgeo.tasks import MoCo
@@ -282,7 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--cmid-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a CMIDTask default (YAML value), e.g. "
+                        "ema_momentum=[0.99,1.0]; an ablation, not the derived settings")
     args = parser.parse_args(argv)
+    import yaml
+
+    cmid_set: dict[str, Any] = {}
+    for item in args.cmid_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--cmid-set {item!r}: use KEY=VALUE")
+        cmid_set[key.strip()] = yaml.safe_load(value)
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
@@ -316,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
 
     def make_factory(method: str) -> Callable[[], Any]:
-        return lambda: build(method, size, batch, mean.tolist(), std.tolist())
+        return lambda: build(method, size, batch, mean.tolist(), std.tolist(), cmid_set)
 
     if "random" in methods:
         torch.manual_seed(args.seed)
@@ -346,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                    "first_loss": timer.callback.losses[0],
                    "last_loss": float(np.mean(timer.callback.losses[-5:])), **r}  # fmt: skip
             if method == "cmid":
+                if cmid_set:
+                    row["cmid_set"] = cmid_set
                 s, g = task.run_schedule(), task.model.geometry
                 row["derived"] = {
                     "mask_block": g.mask_block, "masked_fraction": round(g.masked_fraction, 3),
