@@ -8,10 +8,12 @@ comparison alternated in rounds (rotating order, warm-up dropped; see ``fairness
    differs). Both use the same networks and losses (geocmid's ``CMIDModel``, built twice from one
    seed) and timm's Adan:
 
-   * ``geocmid``: the step ``CMIDTask`` runs: views on the device, ``forward_losses``, backward,
+   * ``geocmid``: the step ``CMIDTask`` runs: channels-last weights (``channels_last=True``),
+     views on the device, ``forward_losses``, backward,
      ``Adan(foreach=True)`` (one multi-tensor update; timm picks it by default only on CUDA),
      ``zero_grad(set_to_none=True)``, the fused EMA (``ema_foreach``);
-   * ``authors``: the official loop's structure: the same views and losses, backward, Adan with
+   * ``authors``: the official loop's structure: NCHW weights (PyTorch's default), the same
+     views and losses, backward, Adan with
      timm's default (the per-parameter loop on the CPU, as the official configuration runs it),
      ``loss.item()`` for the logger every step (a host sync), then the per-parameter EMA
      (``MomentumUpdater``: two ops per tensor; here ``CMIDModel.update_teacher``).
@@ -83,6 +85,8 @@ class HandStep:
         torch.manual_seed(0)
         self.task = CMIDTask(args.backbone, args.bands, args.size, batch_size=args.batch)
         self.model = self.task.model.to(device).train()
+        if structure == "authors":  # the official code keeps PyTorch's default NCHW weights
+            self.model.to(memory_format=torch.contiguous_format)
         self.structure = structure
         foreach = None if structure == "authors" else True  # CMIDTask.configure_optimizers
         self.opt = Adan(param_groups(self.model, 0.02), lr=LR, eps=1e-8, foreach=foreach)

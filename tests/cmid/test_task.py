@@ -236,3 +236,24 @@ def test_vit_position_embedding_and_class_token_not_decayed() -> None:
     undecayed = {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"] if p.ndim > 1}
     assert undecayed == {"pos_embed", "cls_token"}
     assert all(names[id(p)].endswith("weight") or "token" in names[id(p)] for p in decay["params"])
+
+
+def test_channels_last_weights_give_the_same_losses() -> None:
+    """``channels_last`` (default) keeps conv weights NHWC, student and teacher alike, and the
+    step's losses equal the NCHW ones up to float rounding."""
+    torch.manual_seed(0)
+    fast = CMIDTask("resnet18", 3, 64, **TINY_MODEL)
+    torch.manual_seed(0)
+    plain = CMIDTask("resnet18", 3, 64, **TINY_MODEL, channels_last=False)
+    convs = [m.weight for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in plain.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1
+    )  # fmt: skip
+    batch = {"image": torch.randn(2, 3, 64, 64)}
+    views = fast.views(batch, torch.Generator().manual_seed(0))
+    a = fast.model.forward_losses(views, 0.04)
+    b = plain.model.forward_losses(views, 0.04)
+    for key in ("loss", *[k for k in a if k != "loss"]):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
