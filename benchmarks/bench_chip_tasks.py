@@ -56,16 +56,13 @@ REPO = Path(__file__).resolve().parents[1]
 CHIPS = REPO.parent / "shared/data/chips"
 RECIPES = REPO / "recipes"
 
-DUBAI_CLASSES = """\
-classes:
-  0: {name: building, color: '#3C1098'}
-  1: {name: land, color: '#8429F6'}
-  2: {name: road, color: '#6EC1E4'}
-  3: {name: vegetation, color: '#FEDD3A'}
-  4: {name: water, color: '#E2A929'}
-  5: {name: unlabeled, color: '#9B9B9B'}
-ignore_colors: ['#000000']
-"""
+def _dubai_classes() -> str:
+    """The Dubai colour table and ignored colour as the shipped catalog entry defines them."""
+    shipped = yaml.safe_load((REPO / "data_catalog" / "dubai-aerial.yaml").read_text())
+    return yaml.safe_dump({k: shipped[k] for k in ("classes", "ignore_colors")}, sort_keys=False)
+
+
+DUBAI_CLASSES = _dubai_classes()
 
 #: Lightning / task settings shared by every run (quiet console, no per-epoch clutter).
 COMMON = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",

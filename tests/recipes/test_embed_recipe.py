@@ -4,6 +4,7 @@ reuses the embeddings; bad queries, models and scenes are named with their key."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -29,12 +30,8 @@ def _recipe(tmp_path: Path, embed: str, extra: str = "") -> Path:
 
 
 def _run(args: list[str], cwd: Path) -> int:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
+    with contextlib.chdir(cwd):
         return main(args)
-    finally:
-        os.chdir(old)
 
 
 @pytest.mark.slow
