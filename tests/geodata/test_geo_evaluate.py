@@ -83,13 +83,13 @@ def test_labels_on_another_grid_are_warped_nearest(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_recipe_scores_the_test_split_only(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_recipe_scores_the_test_split_only(tmp_path: Path) -> None:
     """A tiny quickstart scores its test split; ``areas: all`` scores the whole map and says
     that the training area is included; the report says which."""
     from geocmid.cli import main
 
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
-    work = tmp_path_factory.mktemp("qs")
+    work = tmp_path
     cwd = os.getcwd()
     os.chdir(work)
     try:

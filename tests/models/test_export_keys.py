@@ -7,6 +7,8 @@ and give back the exported tensors bit for bit.
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ CASES = [("resnet18", 4, 64), ("swin_tiny", 3, 64), ("vit_small", 5, 32)]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
-def export(request, tmp_path_factory) -> tuple[Backbone, Path, ModelCard]:
+def export(request, tmp_path_factory) -> Iterator[tuple[Backbone, Path, ModelCard]]:
     torch.set_num_threads(1)
     name, bands, size = request.param
     torch.manual_seed(0)
@@ -35,7 +37,8 @@ def export(request, tmp_path_factory) -> tuple[Backbone, Path, ModelCard]:
                 t.uniform_(0.5, 1.5) if key.endswith("running_var") else t.normal_(0, 0.1)
     folder = tmp_path_factory.mktemp(name)
     weights, card_path = export_backbone(backbone, folder / name, {"bands": list("abcde"[:bands])})
-    return backbone, weights, ModelCard.from_file(card_path)
+    yield backbone, weights, ModelCard.from_file(card_path)
+    shutil.rmtree(folder, ignore_errors=True)  # up to 110 MB per backbone; CI disks are small
 
 
 def assert_same(loaded: dict[str, torch.Tensor], backbone: Backbone) -> None:
