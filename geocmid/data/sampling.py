@@ -31,6 +31,56 @@ from torchgeo.samplers import RandomPatchSampler
 Sample = dict[str, Any]
 
 
+class ChipBatch(Sequence[Sample]):
+    """Samples of one batch already stacked: what a dataset's ``__getitems__`` returns when it
+    read the whole batch into one preallocated array per key.
+
+    torch's DataLoader hands ``__getitems__``'s result to the collate function:
+    :func:`geocmid.datamodules.base.collate` returns :attr:`batch` as it is (no per-sample
+    dicts, no second copy by ``torch.stack``); any other collate function sees a sequence of
+    ordinary samples (views into the batch), so the result is the same either way.
+
+    Args:
+        batch: key → tensor ``[B, ...]`` (every tensor has the same first dimension).
+    """
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+        self._len = len(next(iter(batch.values()))) if batch else 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not -self._len <= index < self._len:
+            raise IndexError(f"sample {index} of a batch of {self._len}")
+        return {key: value[index] for key, value in self.batch.items()}
+
+    def fits(self, sample: Sample) -> bool:
+        """Whether ``sample`` has this batch's keys, dtypes and shapes (can replace one)."""
+        return sample.keys() == self.batch.keys() and all(
+            isinstance(v, torch.Tensor)
+            and v.dtype == self.batch[k].dtype
+            and v.shape == self.batch[k].shape[1:]
+            for k, v in sample.items()
+        )
+
+    def replace(self, index: int, sample: Sample) -> None:
+        """Copy ``sample`` (one that :meth:`fits`) into position ``index``."""
+        for key, value in sample.items():
+            self.batch[key][index] = value
+
+    def nodata_fractions(self) -> list[float]:
+        """:func:`nodata_fraction` of every sample (``valid [B, H, W]``), in order."""
+        valid = self.batch.get("valid")
+        if valid is None:
+            return [0.0] * self._len
+        array = valid.numpy()
+        size = max(array[0].size, 1) if self._len else 1
+        # per chip, as nodata_fraction counts (same float, bit for bit)
+        return [1.0 - np.count_nonzero(chip) / size for chip in array]
+
+
 def rank_and_world_size() -> tuple[int, int]:
     """This process's rank and the world size (torch.distributed, else launcher env vars)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -114,10 +164,20 @@ class NodataRejectingDataset(Dataset):
         return slice(xmin, xmin + self.size * xres), slice(ymin, ymin + self.size * yres)
 
     def __getitem__(self, query: Any) -> Sample:
-        best: Sample | None = None
-        best_fraction = 2.0
-        for attempt in range(self.max_tries):
-            sample = self.dataset[query if attempt == 0 else self.random_query()]
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries is {self.max_tries}: no chip can be read")
+        sample = self.dataset[query]
+        return self._accept(sample, nodata_fraction(sample))
+
+    def _accept(self, sample: Sample, fraction: float) -> Sample:
+        """``sample`` (the requested chip, ``fraction`` nodata) or the first of up to
+        ``max_tries - 1`` replacement draws within ``max_nodata``, else the least empty."""
+        if fraction <= self.max_nodata:
+            return sample
+        self.rejected += 1
+        best, best_fraction = sample, fraction
+        for _ in range(1, self.max_tries):
+            sample = self.dataset[self.random_query()]
             fraction = nodata_fraction(sample)
             if fraction <= self.max_nodata:
                 return sample
@@ -125,8 +185,33 @@ class NodataRejectingDataset(Dataset):
             if fraction < best_fraction:
                 best, best_fraction = sample, fraction
         self.gave_up += 1
-        assert best is not None
         return best
+
+    def __getitems__(self, queries: Sequence[Any]) -> Sequence[Sample]:
+        """The samples of a batch of queries (torch's DataLoader calls this with a batch
+        sampler): read in one call where the dataset can (its own ``__getitems__``, e.g. a
+        :class:`ChipBatch`), then chips with too much nodata replaced one by one, in order, so
+        the chips, draws and counters are those of ``[self[q] for q in queries]``."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is None or self.max_tries < 1:
+            return [self[q] for q in queries]
+        samples = getitems(list(queries))
+        if isinstance(samples, ChipBatch):
+            fractions = samples.nodata_fractions()
+        else:
+            samples = list(samples)
+            fractions = [nodata_fraction(sample) for sample in samples]
+        for i, fraction in enumerate(fractions):
+            if fraction <= self.max_nodata:
+                continue
+            chosen = self._accept(samples[i], fraction)
+            if isinstance(samples, ChipBatch):
+                if samples.fits(chosen):
+                    samples.replace(i, chosen)
+                    continue
+                samples = list(samples)  # a replacement of another kind: plain samples
+            samples[i] = chosen
+        return samples
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -184,9 +184,7 @@ def parse_date(text: str, date_format: str | None = None) -> tuple[Any, Any, str
     raise ValueError(f"{text!r} is not a date in any of the formats {', '.join(tried)}")
 
 
-def file_date(
-    path: str, date_pattern: str, date_format: str | None = None
-) -> tuple[Any, Any, str]:
+def file_date(path: str, date_pattern: str, date_format: str | None = None) -> tuple[Any, Any, str]:
     """``(mint, maxt, format)`` of the date in ``path``'s name, found with ``date_pattern``.
 
     Raises:
@@ -207,8 +205,7 @@ def file_date(
     except ValueError as error:
         raise DataError(
             path,
-            f"the date part of its name matched by date_pattern {date_pattern!r} is "
-            f"{error}",
+            f"the date part of its name matched by date_pattern {date_pattern!r} is {error}",
             "set 'date_format' to the strptime format of that text (e.g. '%d%m%Y')",
         ) from None
 
@@ -823,10 +820,40 @@ class SourceReader:
             ``array [C, h, w]`` (``source.dtype``; nodata where no layer has data) and
             ``valid [h, w]`` bool.
         """
+        count = len(self.source.bands) if bands is None else len(bands)
+        out = np.empty((count, row1 - row0, col1 - col0), self.dtype)
+        valid = np.empty((row1 - row0, col1 - col0), bool)
+        self.read_into(out, valid, row0, row1, col0, col1, bands, layers)
+        return out, valid
+
+    def read_into(
+        self,
+        out: np.ndarray,
+        valid: np.ndarray,
+        row0: int,
+        row1: int,
+        col0: int,
+        col1: int,
+        bands: Sequence[int] | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> None:
+        """:meth:`read` into arrays the caller owns (e.g. one chip of a preallocated batch).
+
+        Args:
+            out: ``[C, h, w]`` of ``source.dtype`` (C: the bands read), C-contiguous; every
+                pixel is written.
+            valid: ``[h, w]`` bool; every pixel is written.
+            row0, row1, col0, col1, bands, layers: as for :meth:`read`.
+        """
         s = self.source
         positions = list(range(len(s.bands))) if bands is None else [int(b) for b in bands]
         order = range(len(s.layers)) if layers is None else layers
         h, w = row1 - row0, col1 - col0
+        if out.shape != (len(positions), h, w) or out.dtype != self.dtype:
+            raise ValueError(
+                f"out is {out.dtype} {out.shape}, the window needs {self.dtype} "
+                f"{(len(positions), h, w)}"
+            )
         if self._pid != os.getpid():  # cached plans hold the parent's GDAL handles
             self._handles, self._plans, self._pid = {}, {}, os.getpid()
         key = (tuple(order), tuple(positions))
@@ -835,12 +862,10 @@ class SourceReader:
             plans = [self._groups(s.layers[n], positions) for n in order]
             if len(self._plans) < 4096:
                 self._plans[key] = plans
-        out = np.empty((len(positions), h, w), self.dtype)
         if plans and self._inside(plans[0], row0, row1, col0, col1):
             # The common case: the window lies inside plain files on the grid. Read straight
             # into the output (no fill pass, no masks beyond the nodata values).
-            valid = None
-            for hd, outs, indexes in plans[0]:
+            for n, (hd, outs, indexes) in enumerate(plans[0]):
                 window = Window(col0 - hd.col, row0 - hd.row, w, h)
                 target = _band_view(out, outs)
                 if target is not None and hd.dtypes[indexes[0] - 1] == out.dtype:
@@ -848,13 +873,14 @@ class SourceReader:
                 else:
                     target = hd.dataset.read(indexes, window=window)
                     _put(out, outs, (slice(None), slice(None)), target, None)
-                ok = valid_pixels(target, hd.nodata)
-                valid = ok if valid is None else valid & ok
-            assert valid is not None
+                if n == 0:
+                    _valid_into(target, hd.nodata, valid)
+                else:
+                    valid &= valid_pixels(target, hd.nodata)
             plans = plans[1:]
         else:
             out[:] = self._fill(positions)[:, None, None]
-            valid = np.zeros((h, w), bool)
+            valid[...] = False
         for groups in plans:
             if self._read_layer_direct(out, valid, groups, row0, row1, col0, col1):
                 continue
@@ -870,7 +896,6 @@ class SourceReader:
                 _put(out, outs, sl, data, None if where.all() else where)
                 layer_valid &= ok
             valid |= layer_valid
-        return out, valid
 
     def _fill(self, positions: list[int]) -> np.ndarray:
         """Per-band fill values of ``positions`` (cached: computing them costs ~0.1 ms)."""
@@ -983,6 +1008,19 @@ class SourceReader:
         valid = np.zeros((row1 - row0, col1 - col0), bool)
         valid[sl] = ok
         return sl, data, valid, covered
+
+
+def _valid_into(array: np.ndarray, nodata: float | None, valid: np.ndarray) -> None:
+    """:func:`~geocmid.data.rasters.valid_pixels` of ``array [C, H, W]`` written into
+    ``valid [H, W]`` (bool) without a temporary mask: a pixel is valid where any band differs
+    from ``nodata`` (integer types; other cases go through ``valid_pixels`` and a copy)."""
+    if array.dtype.kind in "iu" and nodata is not None and not math.isnan(nodata):
+        np.not_equal(array[0], nodata, out=valid)
+        # Most chips hold no nodata: the other bands are read only where band 0 is nodata.
+        if array.shape[0] > 1 and not valid.all():
+            valid |= (array[1:] != nodata).any(axis=0)
+    else:
+        np.copyto(valid, valid_pixels(array, nodata))
 
 
 def _band_view(out: np.ndarray, outs: list[int]) -> np.ndarray | None:

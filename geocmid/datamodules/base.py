@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchgeo.datamodules import BaseDataModule
 from torchgeo.datasets.utils import stack_samples
 
+from geocmid.data.sampling import ChipBatch
 from geocmid.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,30 @@ def worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """TorchGeo's ``stack_samples``, except that a batch a dataset's ``__getitems__`` read
+    already stacked (:class:`~geocmid.data.sampling.ChipBatch`) is passed on as it is.
+
+    Returns:
+        key → the samples' tensors stacked along a new first axis ``[B, ...]``.
+    """
+    if isinstance(samples, ChipBatch):
+        return dict(samples.batch)
+    return stack_samples(samples)
+
+
 def loader(dataset: Any, sampler: Any, batch_size: int, num_workers: int, **kw: Any) -> DataLoader:
-    """A DataLoader over a geo sampler, collating TorchGeo samples; workers persist between
-    epochs (re-forking them every epoch costs seconds and empties their GDAL caches) and
-    take default signal handling (:func:`worker_init`)."""
+    """A DataLoader over a geo sampler, collating TorchGeo samples (:func:`collate`: whole
+    batches where the dataset reads them at once); workers persist between epochs (re-forking
+    them every epoch costs seconds and empties their GDAL caches) and take default signal
+    handling (:func:`worker_init`)."""
     kw.setdefault("worker_init_fn", worker_init if num_workers > 0 else None)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=stack_samples,
+        collate_fn=collate,
         persistent_workers=num_workers > 0,
         **kw,
     )

@@ -33,10 +33,12 @@ from rasterio.crs import CRS as RIO_CRS
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from torch import Tensor
+from torch.utils.data import get_worker_info
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
 from geocmid.data.rasters import valid_pixels, valid_pixels_per_band
+from geocmid.data.sampling import ChipBatch
 from geocmid.data.sources import (
     RasterSource,
     SourceReader,
@@ -171,17 +173,13 @@ class CatalogRasterDataset(RasterDataset):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             src = rasterio.open(filepath)
         try:
-            src_crs, src_transform = file_georeferencing(
-                src, self.assign_crs, self.reference_grid
-            )
+            src_crs, src_transform = file_georeferencing(src, self.assign_crs, self.reference_grid)
         except Exception:
             src.close()
             raise
         if src_crs is None:
             src.close()
-            raise DataError(
-                str(filepath), "has no CRS", "set 'assign_crs' in its catalog entry"
-            )
+            raise DataError(str(filepath), "has no CRS", "set 'assign_crs' in its catalog entry")
         own = src_crs == src.crs and src_transform == src.transform
         has_index = hasattr(self, "index")
         dst_crs = RIO_CRS.from_user_input(crs or self.crs) if crs or has_index else src_crs
@@ -283,13 +281,17 @@ class CatalogRasterDataset(RasterDataset):
         return cached[1]
 
     def _bounds_tensor(self, x: slice, y: slice, t: slice) -> Tensor:
-        """TorchGeo's ``_slice_to_tensor`` of resolved slices, the time part cached (converting
-        Timestamps costs more than the rest of the sample's metadata)."""
+        """TorchGeo's ``_slice_to_tensor`` of resolved slices (``[9]`` float32)."""
+        return torch.tensor(self._bounds_list(x, y, t))
+
+    def _bounds_list(self, x: slice, y: slice, t: slice) -> list[Any]:
+        """The 9 values of :meth:`_bounds_tensor`, the time part cached (converting Timestamps
+        costs more than the rest of the sample's metadata)."""
         cached = getattr(self, "_time_cache", None)
         if cached is None or cached[0] != (t.start, t.stop, t.step):
             cached = ((t.start, t.stop, t.step), [t.start.timestamp(), t.stop.timestamp(), t.step])
             self._time_cache = cached
-        return torch.tensor([x.start, x.stop, x.step, y.start, y.stop, y.step, *cached[1]])
+        return [x.start, x.stop, x.step, y.start, y.stop, y.step, *cached[1]]
 
     def _read_fast(self, index: GeoSlice) -> Sample | None:
         """The sample through the source's windowed reads, or None where TorchGeo's general
@@ -332,6 +334,75 @@ class CatalogRasterDataset(RasterDataset):
             sample["mask"] = torch.from_numpy(data.astype(np.int64)).squeeze(-3)
         return sample
 
+    def __getitems__(self, indexes: Sequence[GeoSlice]) -> Sequence[Sample]:
+        """The samples of a batch of queries, read into one preallocated array per key.
+
+        torch's DataLoader calls this (with a batch sampler) instead of ``__getitem__`` per
+        query. When every chip takes the windowed fast path (imagery on the source's pixel
+        lattice, all chips of one size, no sample transforms), the batch is read with one
+        file-table test, one output array per key (in shared memory inside a DataLoader worker,
+        so the batch crosses to the main process without a copy) and no per-sample dicts:
+        a :class:`~geocmid.data.sampling.ChipBatch` of ``bounds [B, 9]`` and ``transform
+        [B, 9]`` (float32), ``valid [B, H, W]`` (bool) and ``image [B, C, H, W]`` (the file
+        dtype with ``native_dtype``, else float32), equal bit for bit to stacking the samples
+        ``__getitem__`` returns. Otherwise: ``[self[q] for q in indexes]``.
+        """
+        batch = self._read_batch(indexes)
+        return [self[q] for q in indexes] if batch is None else batch
+
+    def _read_batch(self, indexes: Sequence[GeoSlice]) -> ChipBatch | None:
+        """:meth:`__getitems__`'s batch, or None where a chip needs the per-sample path."""
+        if not indexes or not self.is_image or self.post_transforms is not None:
+            return None
+        if self.time_series:
+            return None
+        resolved = []
+        for index in indexes:
+            x, y, t = self._disambiguate_slice(index)
+            window = self._grid_window(x, y)
+            if window is None:
+                return None
+            resolved.append((x, y, t, window))
+        r0, r1, c0, c1 = resolved[0][3]
+        shape = (r1 - r0, c1 - c0)
+        if any((w[1] - w[0], w[3] - w[2]) != shape for *_, w in resolved):
+            return None  # chips of several sizes: stacking them fails as it would per sample
+        paths, table, span, (mint, maxt) = self._file_table()
+        # the file test of every chip at once: [B, 4] query boxes against [N, 4] files
+        boxes = np.array([[x.stop, y.stop, -x.start, -y.start] for x, y, _, _ in resolved])
+        hits = (table[None, :, :] <= boxes[:, None, :]).all(axis=2)
+        reads = []
+        for (_, _, t, window), hit in zip(resolved, hits, strict=True):
+            if span is None or not (t.start.value <= span[0] and span[1] <= t.stop.value):
+                hit = hit & (mint <= np.datetime64(t.stop, "ns"))
+                hit &= maxt >= np.datetime64(t.start, "ns")
+            rows = np.flatnonzero(hit)
+            if len(rows) == 0:
+                raise IndexError(
+                    f"index: {indexes[len(reads)]} not found in dataset with bounds: {self.bounds}"
+                )
+            layers = [self._layer_of.get(paths[i]) for i in rows]
+            if any(n is None for n in layers):
+                return None
+            reads.append((window, layers))
+        reader = self.reader
+        native = self.native_dtype and reader.dtype in NATIVE_DTYPES
+        count, size = len(indexes), len(self.source.bands)
+        image = _batch_tensor((count, size, *shape), reader.dtype)
+        valid = _batch_tensor((count, *shape), np.dtype(bool))
+        image_np, valid_np = image.numpy(), valid.numpy()
+        for i, (window, layers) in enumerate(reads):
+            reader.read_into(image_np[i], valid_np[i], *window, layers=layers)
+        # bounds and transform as __getitem__ builds them (torch.tensor of Python floats:
+        # float32), one tensor each for the batch
+        bounds = torch.tensor([self._bounds_list(x, y, t) for x, y, t, _ in resolved])
+        transform = torch.tensor(
+            [[x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0] for x, y, _, _ in resolved]
+        )
+        if not native:  # as __getitem__: converted in numpy, one array for the batch
+            image = torch.from_numpy(image_np.astype(np.float32))
+        return ChipBatch({"bounds": bounds, "transform": transform, "valid": valid, "image": image})
+
     def _valid_from_array(self, data: np.ndarray) -> Tensor:
         # numpy: single-threaded and faster than torch on chip-sized arrays
         if self.band_nodata is not None:
@@ -345,3 +416,30 @@ class CatalogRasterDataset(RasterDataset):
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
         return sample
+
+
+#: numpy dtype → torch dtype of the batch arrays :func:`_batch_tensor` allocates.
+_TORCH_DTYPES = {
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.uint16): torch.uint16,
+    np.dtype(np.int16): torch.int16,
+    np.dtype(np.float32): torch.float32,
+    np.dtype(bool): torch.bool,
+}
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> Tensor:
+    """An uninitialised tensor of ``shape`` (numpy ``dtype``) to read a batch into.
+
+    Inside a DataLoader worker it lives in shared memory, as torch's ``default_collate``
+    allocates its batches there: the worker sends a handle, not a copy of the chips. Types torch
+    lacks come back as a numpy array of the dtype wrapped by ``torch.from_numpy``.
+    """
+    torch_dtype = _TORCH_DTYPES.get(np.dtype(dtype))
+    if torch_dtype is None:
+        return torch.from_numpy(np.empty(shape, dtype))
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch_dtype)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=torch_dtype).set_(storage).view(shape)
