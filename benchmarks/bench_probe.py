@@ -17,8 +17,9 @@ thousands of images seen instead.
 Methods (all ResNet-18, batch 64, the same normalised chips, seeds fixed):
 
 * ``cmid``: :class:`geocmid.cmid.CMIDTask` with its defaults, i.e. the paper's settings and what
-  geocmid derives for the chip size and run length (mask block, matches, warm-ups, EMA); nothing
-  tuned here;
+  geocmid derives for the chip size, the run length and the number of images (mask block, matches,
+  warm-ups, EMA, key queue), told the data as geocmid's chip datamodule tells it; nothing tuned
+  here;
 * ``moco``: ``torchgeo.tasks.MoCo`` version 2 with MoCo v2's settings (2-layer 2048→128 head,
   T = 0.07, 65,536 queue, key momentum 0.999, SGD lr 0.03 × batch / 256, wd 1e-4), its own
   augmentations at the chip size;
@@ -251,12 +252,23 @@ def fit(task: Any, chips: Tensor, batch: int, steps: int, seed: int) -> StepTime
         Chips(chips), batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
+
+    class Data(L.LightningDataModule):
+        """The loader, plus what geocmid's chip datamodule tells CMIDTask about the data (the
+        number of distinct images sizes its key queue); the other tasks ignore it."""
+
+        def train_dataloader(self) -> DataLoader:
+            return loader
+
+        def task_args(self) -> dict[str, Any]:
+            return {"batch_size": batch, "chip_size": chips.shape[-1], "num_images": len(chips)}
+
     trainer = L.Trainer(
         max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer.callback], num_sanity_val_steps=0,
     )  # fmt: skip
-    trainer.fit(task, loader)
+    trainer.fit(task, datamodule=Data())
     if trainer.global_step != steps:
         raise RuntimeError(f"trained {trainer.global_step} of {steps} steps")
     losses = timer.callback.losses

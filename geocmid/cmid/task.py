@@ -32,6 +32,7 @@ and only on steps where the optimizer actually stepped (gradient accumulation).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -47,17 +48,22 @@ from torchgeo.tasks import BaseTask
 from geocmid.cmid.derive import (
     EMA_HORIZON_FRACTION,
     PAPER_MATCH_FRACTION,
+    PAPER_QUEUE_SIZE,
     PAPER_TEACHER_TEMP_WARMUP_FRACTION,
     PAPER_WARMUP_FRACTION,
     CMIDSchedule,
+    derive_queue_size,
     derive_schedule,
     teacher_temperature_at,
 )
 from geocmid.cmid.ema import momentum_at
+from geocmid.cmid.losses import MoCoQueueLoss
 from geocmid.cmid.model import CMIDModel, _check_chip_size
 from geocmid.cmid.views import CMIDViewTransform
 from geocmid.errors import ConfigError, did_you_mean
 from geocmid.models.backbones import family_of
+
+log = logging.getLogger(__name__)
 
 #: Optimizers accepted by ``optimizer=``.
 OPTIMIZERS = ("adan", "adamw")
@@ -294,7 +300,9 @@ class CMIDTask(BaseTask):
         mask_block: mask block edge in px; unset: derived from the chip and the token stride so
             the masked fraction stays within 3 points of mask_ratio (32 at 224 px, 24 at 96,
             16 at 64; geocmid.cmid.derive).
-        queue_size: MoCo key queue length.
+        queue_size: MoCo key queue length; unset: the paper's 65,536, capped on chip datasets
+            at half a key per distinct image (600 images, batch 64 → 256;
+            geocmid.cmid.derive.derive_queue_size).
         proj_hidden: MoCo projector hidden size.
         proj_dim: MoCo embedding size.
         temperature: InfoNCE temperature.
@@ -361,7 +369,7 @@ class CMIDTask(BaseTask):
         pretrained: str | None = None,
         mask_ratio: float = 0.6,
         mask_block: int | None = None,
-        queue_size: int = 65536,
+        queue_size: int | None = None,
         proj_hidden: int = 2048,
         proj_dim: int = 256,
         temperature: float = 0.2,
@@ -468,12 +476,15 @@ class CMIDTask(BaseTask):
         hp = self.hparams
         family = family_of(hp["backbone"])
         backbone_kwargs = {"drop_path_rate": hp["drop_path_rate"]} if family != "resnet" else {}
+        method = {k: hp[k] for k in METHOD_ARGS}
+        if method["queue_size"] is None:  # the data are not known yet: setup() resizes it
+            method["queue_size"] = PAPER_QUEUE_SIZE
         self.model = CMIDModel(
             hp["backbone"],
             int(hp["in_chans"]),
             int(hp["chip_size"]),
             pretrained_path=hp["pretrained"],
-            **{k: hp[k] for k in METHOD_ARGS},
+            **method,
             backbone_kwargs=backbone_kwargs,
         )
         if hp.get("channels_last", True):  # old checkpoints lack the key
@@ -503,7 +514,8 @@ class CMIDTask(BaseTask):
         the run's ``seed_everything``.
         """
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        filled = fill_data_args(self.hparams, data_args_of(datamodule))
+        data_args = data_args_of(datamodule)
+        filled = fill_data_args(self.hparams, data_args)
         if self.built:
             for key in ("in_chans", "chip_size"):
                 if filled[key] != self.hparams[key]:
@@ -521,9 +533,11 @@ class CMIDTask(BaseTask):
         initial = getattr(self, "_hparams_initial", None)
         if initial is not None:
             initial.update({k: self.hparams[k] for k in (*DATA_ARGS, "view_seed")})
+        self._fill_queue_size(data_args.get("num_images"))
         if self.built:
             # built before the RGB bands were known: the views follow the filled names
             self.views = self._view_transform()
+            self._resize_queue()
             return
         missing = [k for k in ("in_chans", "chip_size") if self.hparams[k] is None]
         if missing:
@@ -539,6 +553,35 @@ class CMIDTask(BaseTask):
             chip_key=chip_key or f"{MODEL_KEY}.chip_size", mask_ratio=self.hparams["mask_ratio"],
         )  # fmt: skip
         self._build()
+
+    def _fill_queue_size(self, num_images: int | None) -> None:
+        """``queue_size`` unset → derived from the data's distinct images (``num_images``, None
+        for scenes) and the keys enqueued per step (:func:`derive_queue_size`); logged."""
+        if self.hparams["queue_size"] is not None:
+            return
+        batch = self.hparams["batch_size"]
+        world = self._trainer.world_size if self._trainer else 1
+        keys = 2 * int(batch) * world if batch else 2
+        size = derive_queue_size(num_images, keys)
+        self.hparams["queue_size"] = size
+        initial = getattr(self, "_hparams_initial", None)
+        if initial is not None:
+            initial["queue_size"] = size
+        if num_images is not None and size < PAPER_QUEUE_SIZE:
+            log.info(
+                "MoCo queue: %d keys (the data hold %d distinct images; the paper's %d would "
+                "hold each ~%.0f times; set model.init_args.queue_size to override)",
+                size, num_images, PAPER_QUEUE_SIZE, PAPER_QUEUE_SIZE / max(num_images, 1),
+            )  # fmt: skip
+
+    def _resize_queue(self) -> None:
+        """A model built before the queue length was known gets a fresh queue of that length
+        (before training: a checkpoint's queue loads after setup)."""
+        loss = self.model.global_loss
+        if loss.queue.size[0] != int(self.hparams["queue_size"]):
+            self.model.global_loss = MoCoQueueLoss(
+                int(self.hparams["queue_size"]), int(self.hparams["proj_dim"]), loss.temperature
+            ).to(next(self.model.parameters()).device)
 
     @property
     def rgb_indices(self) -> list[int] | None:
@@ -727,4 +770,6 @@ def paper_settings() -> dict[str, Any]:
     """The CMID method settings (:class:`CMIDModel` keyword arguments) at :class:`CMIDTask`'s
     defaults, i.e. the paper's (Muhtar et al., TGRS 2023; the authors' configs)."""
     params = inspect.signature(CMIDTask.__init__).parameters
-    return {name: params[name].default for name in METHOD_ARGS}
+    settings = {name: params[name].default for name in METHOD_ARGS}
+    settings["queue_size"] = PAPER_QUEUE_SIZE  # the task's default (None) derives it from data
+    return settings

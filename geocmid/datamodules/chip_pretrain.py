@@ -191,6 +191,7 @@ class ChipPretrainDataModule(CatalogDataModule):
         self.band_list: list[str] = []
         self.normalize: Normalize | None = None
         self.stats: tuple[list[float], list[float]] | None = None
+        self.num_images: int | None = None  # distinct images of the pretraining set
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -211,6 +212,7 @@ class ChipPretrainDataModule(CatalogDataModule):
             self.band_list = band_names(entry, bands)
             self.stats = image_stats(files, seed=hp.seed)
             dataset: Dataset = SquareChips(files, hp.chip_size)
+            self.num_images = len(files)
         else:
             from geocmid.data.datasets.factory import torchgeo_dataset
 
@@ -218,6 +220,7 @@ class ChipPretrainDataModule(CatalogDataModule):
             if len(base) == 0:
                 raise DataError(entry.where, "holds no image", "check 'root' and 'args'")
             dataset = TorchGeoSquareChips(base, hp.chip_size)
+            self.num_images = len(base)
             rng = np.random.default_rng(hp.seed)
             sample = [dataset[int(i)]["image"].double() for i in rng.permutation(len(base))[:32]]
             pixels = torch.cat([s.flatten(1) for s in sample], 1)
@@ -244,7 +247,8 @@ class ChipPretrainDataModule(CatalogDataModule):
     def task_args(self) -> dict[str, Any]:
         """What the data decide for :class:`~geocmid.cmid.task.CMIDTask` (its ``DATA_ARGS``):
         bands, RGB bands (``red``/``green``/``blue`` if so named), statistics (raw units),
-        entry name, chip size and per-device batch. No GSD: chips carry none."""
+        entry name, chip size, per-device batch and the number of distinct images (which
+        sizes the key queue). No GSD: chips carry none."""
         self.setup()
         assert self.stats is not None
         rgb = ["red", "green", "blue"]
@@ -257,6 +261,8 @@ class ChipPretrainDataModule(CatalogDataModule):
             "data": self.entry.name,
             "chip_size": int(self.hparams.chip_size),
             "batch_size": int(self.hparams.batch_size),
+            # distinct images (not chips per epoch): the key queue is sized from it
+            "num_images": self.num_images,
         }
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:

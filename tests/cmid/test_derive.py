@@ -12,7 +12,9 @@ import torch
 
 from geocmid.cmid.derive import (
     PAPER_MATCH_FRACTION,
+    PAPER_QUEUE_SIZE,
     derive_geometry,
+    derive_queue_size,
     derive_schedule,
     masked_fraction,
     teacher_temperature_at,
@@ -106,3 +108,13 @@ def test_schedule_in_steps_or_epochs() -> None:
     assert (s.ema_start, s.ema_end) == (0.9, 0.95)
     with pytest.raises(ConfigError, match="warmup_fraction"):
         derive_schedule(100, 10, warmup_fraction=1.5)
+
+
+def test_queue_holds_at_most_half_a_key_per_image() -> None:
+    assert derive_queue_size(600, 128) == 256  # NWPU-RESISC12 train, batch 64: 2 steps' keys
+    assert derive_queue_size(100, 128) == 128  # never shorter than one step's keys
+    assert derive_queue_size(None, 128) == PAPER_QUEUE_SIZE == 65536  # scenes: unbounded chips
+    assert derive_queue_size(1_000_000, 512) == 65536  # Million-AID: the paper's
+    assert derive_queue_size(100_000, 512) == 49_664  # 97 steps of 512 keys ≤ 50,000
+    with pytest.raises(ValueError):
+        derive_queue_size(600, 0)

@@ -257,3 +257,35 @@ def test_channels_last_weights_give_the_same_losses() -> None:
     b = plain.model.forward_losses(views, 0.04)
     for key in ("loss", *[k for k in a if k != "loss"]):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_queue_size_derived_from_the_distinct_images(tmp_path: Path) -> None:
+    """Unset ``queue_size`` follows the data: a chip set of 40 images at batch 2 gets a queue of
+    20 keys (half a key per image, whole steps of 4 keys), also when the networks were built
+    before the data were known; the checkpoint keeps that length."""
+    L.seed_everything(0)
+    tiny = {k: v for k, v in TINY_MODEL.items() if k != "queue_size"}
+    loader = DataLoader([{"image": torch.randn(3, 64, 64)} for _ in range(4)], batch_size=2)
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self) -> DataLoader:
+            return loader
+
+        def task_args(self) -> dict:
+            return {"batch_size": 2, "chip_size": 64, "num_images": 40}
+
+    task = CMIDTask("resnet18", 3, 64, **tiny)  # built now, with the paper's queue
+    assert task.model.global_loss.queue.bank.shape == (65536, 32)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=Data())
+    queue = task.model.global_loss.queue
+    assert task.hparams["queue_size"] == 20 and queue.bank.shape == (20, 32)
+    assert int(queue.bank_ptr) == 2 * 4 % 20  # two steps of (k2, k1) × batch 2
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    fresh = CMIDTask.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert torch.equal(fresh.model.global_loss.queue.bank, queue.bank)
+    # scenes (no count of distinct images): the paper's 65,536
+    assert CMIDTask("resnet18", 3, 64, **tiny).hparams["queue_size"] is None
