@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                     "warmup_steps": s.warmup_steps,
                     "teacher_temp_warmup_steps": s.teacher_temp_warmup_steps,
                     "ema_start": round(s.ema_start, 4),
+                    "queue_size": task.hparams["queue_size"],
                 }  # fmt: skip
             results.append(row)
             print(
