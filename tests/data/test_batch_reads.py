@@ -164,3 +164,42 @@ def test_loader_batches_equal_per_sample_batches(catalog: Catalog, workers: int)
         assert_same(a, b)
         assert a["image"].dtype == torch.uint16
         assert np.array_equal(a["valid"].numpy(), (a["image"].numpy() != 0).any(axis=1))
+
+
+def test_plain_files_are_read_without_rasterio_read_checks(catalog: Catalog) -> None:
+    """Windows inside plain files go to rasterio's ``_read`` (what ``read`` ends in); the
+    pixels and the valid mask are those of ``read``, seams and holes included."""
+    ds = imagery_dataset(catalog.get("tiles"), native_dtype=True)
+    reader = ds.source.reader()
+    grid_files = sorted(ds.source.files)
+    for rows, cols in [((0, 24), (0, 24)), ((40, 72), (30, 70)), ((10, 58), (20, 60))]:
+        data, valid = reader.read(*rows, *cols)
+        expected = np.zeros_like(data)
+        for path in grid_files:  # later tiles fill only where earlier ones left nodata
+            hd = reader.handle(path)
+            assert hd is not None and hd.direct and hd.match == 0 and isinstance(hd.match, int)
+            r0, r1 = max(rows[0], hd.row), min(rows[1], hd.row + hd.height)
+            c0, c1 = max(cols[0], hd.col), min(cols[1], hd.col + hd.width)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            window = ((r0 - hd.row, r1 - hd.row), (c0 - hd.col, c1 - hd.col))
+            part = hd.dataset.read(window=window)
+            target = expected[:, r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]]
+            empty = (target == 0).all(axis=0)
+            target[:, empty] = part[:, empty]
+        np.testing.assert_array_equal(data, expected)
+        np.testing.assert_array_equal(valid, (expected != 0).any(axis=0))
+    reader.close()
+
+
+def test_nodata_is_compared_as_an_integer_only_where_that_is_exact() -> None:
+    from geocmid.data.sources import _nodata_match
+
+    u16, i16, f32 = np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32)
+    i64 = np.dtype(np.int64)
+    assert _nodata_match(0.0, (u16, u16)) == 0 and isinstance(_nodata_match(0.0, (u16,)), int)
+    assert isinstance(_nodata_match(-9999.0, (i16,)), int)
+    for nodata, dtypes in [(-9999.0, (u16,)), (0.5, (u16,)), (0.0, (f32,)), (0.0, (u16, f32)),
+                           (0.0, (i64,)), (None, (u16,)), (float("nan"), (u16,))]:  # fmt: skip
+        kept = _nodata_match(nodata, dtypes)
+        assert kept is nodata or (kept != kept and nodata != nodata), (nodata, dtypes)

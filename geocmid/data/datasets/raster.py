@@ -432,14 +432,14 @@ def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> Tensor:
     """An uninitialised tensor of ``shape`` (numpy ``dtype``) to read a batch into.
 
     Inside a DataLoader worker it lives in shared memory, as torch's ``default_collate``
-    allocates its batches there: the worker sends a handle, not a copy of the chips. Types torch
-    lacks come back as a numpy array of the dtype wrapped by ``torch.from_numpy``.
+    allocates its batches there: the worker sends a handle, not a copy of the chips. Elsewhere
+    numpy allocates it (wrapped by ``torch.from_numpy``): numpy asks for transparent huge pages
+    on arrays of megabytes, and a fresh ``torch.empty`` batch cost ~20 µs a 256² chip more in
+    page faults (``benchmarks/bench_chips.py``, 0 workers, warm).
     """
     torch_dtype = _TORCH_DTYPES.get(np.dtype(dtype))
-    if torch_dtype is None:
+    if torch_dtype is None or get_worker_info() is None:
         return torch.from_numpy(np.empty(shape, dtype))
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch_dtype)
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     storage = torch.UntypedStorage._new_shared(nbytes)
     return torch.empty(0, dtype=torch_dtype).set_(storage).view(shape)
