@@ -17,6 +17,9 @@ and torch threads, and both write a tiled, deflate-compressed uint8 class GeoTIF
 * ``plain``: rasterio window reads → the same normalisation → the same model (``argmax`` of the
   logits) → rasterio window writes of each window's centre (``overlap // 2`` px dropped on every
   side shared with a neighbour: the usual stitching without blending), nodata → 255.
+* ``plain-cl``: the same loop with the model converted to channels-last (one line a competent
+  user may add; geocmid's ``Predictor`` does it by default), so that what the memory layout
+  buys and what geocmid's pipeline costs show apart.
 
 1. ``throughput``: both paths alternated in one process (rotating order, warm-up round
    dropped), ``--rounds`` times per overlap; megapixels/s medians with IQR and min–max, and the
@@ -167,7 +170,7 @@ def geocmid_predict(
     from geocmid.inference import OutputOptions, Predictor, RunSettings, predict_scene
 
     result = predict_scene(
-        Predictor(model, card()), [scene], out_dir,
+        Predictor(model, card()), [scene], out_dir,  # geocmid's defaults (channels-last)
         settings=RunSettings(window=window, overlap=overlap, batch_size=batch),
         options=OutputOptions(vectors=False, quicklook=False), progress=False,
     )  # fmt: skip
@@ -186,41 +189,64 @@ def throughput(
     size: int, window: int, overlaps: list[int], batch: int, rounds: int, width: int,
     model_kind: str = "conv",
 ) -> list[dict[str, Any]]:  # fmt: skip
+    import copy
+
+    import torch
+
     model = make_model(model_kind, width)
+    # Predictor(model) moves the model it is given to its device and memory format (as
+    # nn.Module.to does): geocmid gets its own copy, the plain loop the NCHW model a user has,
+    # and "plain-cl" the plain loop with the one-line channels-last conversion, to show what
+    # the layout alone is worth.
+    g_model = copy.deepcopy(model)
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     rows = []
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         scene = make_scene(tmp / "scene.tif", size)
         mpx = size * size / 1e6
         for overlap in overlaps:
-            outs = {"geocmid": tmp / "g", "plain": tmp / "p"}
+            outs = {"geocmid": tmp / "g", "plain": tmp / "p", "plain-cl": tmp / "pcl"}
 
             def run_geocmid(overlap: int = overlap, outs: dict[str, Path] = outs) -> None:
                 shutil.rmtree(outs["geocmid"], ignore_errors=True)
-                geocmid_predict(model, scene, outs["geocmid"], window, overlap, batch)
+                geocmid_predict(g_model, scene, outs["geocmid"], window, overlap, batch)
 
-            def run_plain(overlap: int = overlap, outs: dict[str, Path] = outs) -> None:
-                shutil.rmtree(outs["plain"], ignore_errors=True)
-                outs["plain"].mkdir()
-                plain_loop(model, scene, outs["plain"] / "classes.tif", window, overlap, batch)
+            def run_plain(
+                overlap: int = overlap, outs: dict[str, Path] = outs, key: str = "plain",
+                net: Any = model,
+            ) -> None:  # fmt: skip
+                shutil.rmtree(outs[key], ignore_errors=True)
+                outs[key].mkdir()
+                plain_loop(net, scene, outs[key] / "classes.tif", window, overlap, batch)
 
-            times = fairness.alternate({"geocmid": run_geocmid, "plain": run_plain}, rounds)
+            def run_plain_cl(overlap: int = overlap, outs: dict[str, Path] = outs) -> None:
+                run_plain(overlap, outs, "plain-cl", cl_model)
+
+            times = fairness.alternate(
+                {"geocmid": run_geocmid, "plain": run_plain, "plain-cl": run_plain_cl}, rounds
+            )
             agree = _agreement(outs["geocmid"] / "scene_classes.tif", outs["plain"] / "classes.tif")
             if overlap == 0 and agree < 0.999:
                 raise SystemExit(f"overlap 0: the two class rasters agree on only {agree:.4f}")
             g = fairness.spread([mpx / t for t in times["geocmid"]])
             p = fairness.spread([mpx / t for t in times["plain"]])
+            pcl = fairness.spread([mpx / t for t in times["plain-cl"]])
             ratio = fairness.paired_ratio(times["plain"], times["geocmid"])
+            ratio_cl = fairness.paired_ratio(times["plain-cl"], times["geocmid"])
             windows = n_windows(size, window, overlap) ** 2
             print(f"\nscene {size}², window {window}, overlap {overlap} ({windows} windows), "
                   f"batch {batch}, model {model_kind}; {fairness.load_average()}")  # fmt: skip
             print(f"  geocmid  Mpx/s {fairness.fmt(g)}")
             print(f"  plain    Mpx/s {fairness.fmt(p)}")
+            print(f"  plain-cl Mpx/s {fairness.fmt(pcl)}")
             print(f"  geocmid / plain throughput (per-round) {fairness.fmt(ratio)}")
+            print(f"  geocmid / plain-cl throughput (per-round) {fairness.fmt(ratio_cl)}")
             print(f"  class rasters agree on {agree:.4%} of pixels")
             rows.append({
                 "overlap": overlap, "windows": windows, "geocmid_mpx_s": g, "plain_mpx_s": p,
-                "ratio": ratio, "agreement": agree, "load": fairness.load_average(),
+                "plain_cl_mpx_s": pcl, "ratio": ratio, "ratio_plain_cl": ratio_cl,
+                "agreement": agree, "load": fairness.load_average(),
             })  # fmt: skip
     return rows
 

@@ -299,6 +299,7 @@ def predict_request_distributed(
         str(Path(request.card).resolve()) if request.card else None,
         request.task,
         device=request.device,
+        precision=predictor.precision,
         change_input=predictor.change_input,
         background=predictor.background,  # vectors are made here, with this process's model
     )

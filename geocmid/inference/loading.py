@@ -72,6 +72,7 @@ def load_predictor(
     device: str = "cpu",
     change_input: str = "stacked",
     background: int | None = 0,
+    precision: str = "32-true",
 ) -> Predictor:
     """Build a :class:`Predictor` from a model spec and a model card.
 
@@ -98,6 +99,7 @@ def load_predictor(
             device=device,
             change_input=change_input,  # type: ignore[arg-type]
             background=background,
+            precision=precision,
         )
     if card is None:
         raise ModelError(
@@ -110,6 +112,7 @@ def load_predictor(
         device=device,
         change_input=change_input,  # type: ignore[arg-type]
         background=background,
+        precision=precision,
     )
 
 
@@ -128,6 +131,7 @@ class ModelLoader:
     device: str = "cpu"
     change_input: str = "stacked"
     background: int | None = 0
+    precision: str = "32-true"
 
     def __call__(self) -> Predictor:
         return load_predictor(
@@ -137,4 +141,5 @@ class ModelLoader:
             device=self.device,
             change_input=self.change_input,
             background=self.background,
+            precision=self.precision,
         )

@@ -181,6 +181,8 @@ def prepare_scene(
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "prefetch"},
         "model": predictor.fingerprint,
         "change_input": predictor.change_input,
+        # mixed precision changes pixels; fp32 keeps the key of runs started before it existed
+        **({"precision": predictor.precision} if predictor.precision != "32-true" else {}),
     }
     lock = RunLock(out / f".{name}.geocmid-lock", exclusive, f" of '{name}'").acquire()
     try:

@@ -154,6 +154,7 @@ class ChangeTask(FinetuneMixin, ChangeDetection):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         adapt_in_chans: bool = False,
+        channels_last: bool = True,
     ) -> None:
         labels = labels or ([c["name"] for c in classes] if classes else None)
         super().__init__(

@@ -63,6 +63,7 @@ class ClassificationTask(FinetuneMixin, Classification):
         drop_rate: dropout before the classifier.
         chip_size, bands, mean, std: for the encoder geometry and the model card (None: the
             datamodule's).
+        adapt_in_chans, channels_last: see :class:`~geocmid.tasks.segmentation.SegmentationTask`.
     """
 
     card_task = "classification"
@@ -90,6 +91,7 @@ class ClassificationTask(FinetuneMixin, Classification):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         adapt_in_chans: bool = False,
+        channels_last: bool = True,
     ) -> None:
         labels = labels or ([c["name"] for c in classes] if classes else None)
         super().__init__(

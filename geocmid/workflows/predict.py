@@ -38,6 +38,8 @@ class PredictRequest:
         batch_size: windows per forward pass.
         tta: test-time augmentation, ``none`` / ``flips`` / ``d4``.
         device: torch device (``cpu``, ``cuda:0``).
+        precision: ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (CUDA): autocast dtype
+            of the model (:class:`~geocmid.inference.predictor.Predictor`).
         bands: 1-based raster bands to feed the model, in model order (default: the card's).
         grid: change only: the grid both dates are read on (``first``, ``second``,
             ``intersection``); ``resampling`` the warping method.
@@ -72,6 +74,7 @@ class PredictRequest:
     batch_size: int = 8
     tta: str = "none"
     device: str = "cpu"
+    precision: str = "32-true"
     bands: tuple[int, ...] | None = None
     grid: str = "first"
     resampling: str = "bilinear"
@@ -159,6 +162,7 @@ def predict(request: PredictRequest) -> PredictResult:
         device=request.device,
         change_input="pair" if request.pair_input else "stacked",
         background=None,
+        precision=request.precision,
     )
     predictor.background = _background(request.background, predictor)
     for group in inputs:

@@ -103,3 +103,38 @@ def test_context_model_does_not_depend_on_block_size(smooth_scene, tmp_path):
         assert (ra.read(1) != rb.read(1)).mean() <= 1e-4
     with rasterio.open(a["probabilities"]) as ra, rasterio.open(b["probabilities"]) as rb:
         assert np.abs(ra.read().astype(int) - rb.read().astype(int)).max() <= 1
+
+
+def test_channels_last_and_bf16_give_the_fp32_map(smooth_scene, tmp_path):
+    """Channels-last is a layout, not a model change: the same classes as the NCHW run, float
+    noise only; bf16 autocast keeps float32 probabilities that agree to a few percent. A mixed
+    precision is part of the resume key, so it never mixes with fp32 blocks."""
+    from geocmid.errors import ConfigError
+
+    model, card = toymodels.TinyCNN(seed=1), toymodels.card()
+    nchw = Predictor(model, card, channels_last=False)
+    assert next(nchw.model.parameters()).is_contiguous()
+    a = run(nchw, smooth_scene, tmp_path / "a", window=64, overlap=16)
+    cl = Predictor(toymodels.TinyCNN(seed=1), card)  # the default
+    weight = next(p for p in cl.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    b = run(cl, smooth_scene, tmp_path / "b", window=64, overlap=16)
+    bf16 = Predictor(toymodels.TinyCNN(seed=1), card, precision="bf16-mixed")
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    probs = bf16.dense_probabilities(x)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    fp32 = cl.dense_probabilities(x)
+    assert 0 < np.abs(probs - fp32).max() < 0.05  # bf16 did run (its rounding shows)
+    c = run(bf16, smooth_scene, tmp_path / "c", window=64, overlap=16)
+    with rasterio.open(a["classes"]) as ra, rasterio.open(b["classes"]) as rb:
+        assert (ra.read(1) != rb.read(1)).mean() <= 1e-4
+    with rasterio.open(a["classes"]) as ra, rasterio.open(c["classes"]) as rc:
+        assert (ra.read(1) != rc.read(1)).mean() <= 0.02
+    with rasterio.open(c["classes"]) as rc:
+        assert json.loads(rc.tags()["GEOCMID_CONFIG"])["precision"] == "bf16-mixed"
+    with rasterio.open(a["classes"]) as ra:
+        assert "precision" not in json.loads(ra.tags()["GEOCMID_CONFIG"])  # fp32: key unchanged
+    with pytest.raises(ConfigError, match="16-mixed needs a CUDA device"):
+        Predictor(model, card, precision="16-mixed")
+    with pytest.raises(ConfigError, match="not a precision"):
+        Predictor(model, card, precision="fp8")

@@ -155,3 +155,25 @@ def test_encoder_tensors_without_a_place_downstream_are_a_warning(rgb_export: Pa
     assert len(report.unused) == n and len(warnings) == 1, warnings
     assert f"{n} of {len(exported.model.state_dict())} tensors of resnet18" in warnings[0]
     assert "layer4.0.conv1.weight" in warnings[0] and "more" in warnings[0], warnings
+
+
+def test_fine_tuning_weights_are_channels_last_unless_turned_off(rgb_export: Path) -> None:
+    """Channels-last is a layout only: the export lands unchanged, outputs agree with NCHW."""
+    exported, _ = load_backbone(rgb_export)
+    kw = {"backbone": None, "weights": str(rgb_export), "in_channels": 3, "num_classes": 3,
+          "chip_size": 64}  # fmt: skip
+    torch.manual_seed(0)
+    cl = SegmentationTask(**kw)
+    torch.manual_seed(0)  # the same decoder initialisation
+    nchw = SegmentationTask(**kw, channels_last=False)
+    stem = next(p for p in cl.model.encoder.parameters() if p.ndim == 4)
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    assert next(p for p in nchw.model.encoder.parameters() if p.ndim == 4).is_contiguous()
+    assert encoder_differences(exported, cl.model.encoder, RESNET) == []
+    x = torch.randn(2, 3, 64, 64)
+    cl.eval(), nchw.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cl(x), nchw(x), atol=1e-4, rtol=1e-4)
+    clf = ClassificationTask(backbone="resnet18", in_channels=3, num_classes=4, chip_size=64)
+    conv = next(p for p in clf.model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)

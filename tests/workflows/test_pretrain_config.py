@@ -76,7 +76,7 @@ def test_task_and_pretrain_resolve_the_same_defaults(
     # (geocmid.cmid.derive: None means "the paper's rule", checked in tests/cmid) aside
     derived = {k for k in PAPER if task[k] is None and PAPER[k] is not None}
     assert derived <= {"mask_block", "num_matches", "teacher_temp_warmup_epochs",
-                       "ema_momentum", "warmup_epochs"}, derived  # fmt: skip
+                       "ema_momentum", "warmup_epochs", "queue_size"}, derived  # fmt: skip
     assert {k: task[k] for k in PAPER if k not in derived} == {
         k: v for k, v in PAPER.items() if k not in derived
     }
