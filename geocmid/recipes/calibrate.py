@@ -83,6 +83,22 @@ class Measured:
     device: str
     threads: int
     precision: str = "32-true"
+    #: Host memory (bytes) around the measurement, on Linux CPUs (0: not measured): the
+    #: process before the model was built (imports), the model's and optimizer's tensors
+    #: (weights, moments, queues), and the rest of a step's peak (activations, gradients,
+    #: allocator slack at ``batch`` × ``size``²).
+    baseline_bytes: int = 0
+    state_bytes: int = 0
+    step_bytes: int = 0
+
+    def memory_gb(self, batch: int, size: int) -> float | None:
+        """Peak host memory (GB) of a step of ``batch`` images of ``size`` px: the baseline,
+        the state, and the step's transient memory scaled by images and pixels; None when the
+        memory was not measured."""
+        if not self.baseline_bytes:
+            return None
+        scale = batch / self.batch * (size / self.size) ** 2
+        return (self.baseline_bytes + self.state_bytes + self.step_bytes * scale) / 1e9
 
     def per_image(self, size: int | None = None) -> float:
         """Seconds per image of ``size`` px (default: the measured size), scaled by pixels."""
@@ -364,6 +380,7 @@ def _measure(
         if _SPENT[0] >= TOTAL_BUDGET_S:
             raise RuntimeError(f"measuring time used up ({TOTAL_BUDGET_S:.0f} s)")
         started = time.perf_counter()
+        before = _proc_status("VmRSS")  # the process as the real run also has it (imports)
         try:
             dev = torch.device(device)
             if dev.type == "cuda" and not torch.cuda.is_available():
@@ -380,9 +397,13 @@ def _measure(
             if step is None:
                 assert error is not None
                 raise error
+            memory = _HostMemory(before if dev.type == "cpu" else 0)
+            memory.start()
             with _quiet(dev):
-                seconds = _time(step, dev)
-            measured = Measured(what, seconds, batch, size, device, n_threads, precision)
+                seconds = _time(step, dev, after_warm_up=memory.after_warm_up)
+            state = getattr(step, "state_bytes", lambda: 0)()  # after a step: optimizer moments
+            measured = Measured(what, seconds, batch, size, device, n_threads, precision,
+                                *memory.result(state))  # fmt: skip
         except Exception as error:
             _CACHE[full] = error
             raise
@@ -395,9 +416,84 @@ def _measure(
         return measured
 
 
-def _time(step: Callable[[], None], device: Any) -> float:
+def _proc_status(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes from ``/proc/self/status`` (Linux; 0
+    elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tensor_bytes(*objects: Any) -> int:
+    """Bytes of the distinct tensor storages of modules (parameters, buffers, and a gradient
+    per trainable parameter: they exist at a training step's peak) and optimizers (their state:
+    moments, previous gradients)."""
+    import torch
+
+    seen: dict[int, int] = {}
+    grads = 0
+
+    def add(t: Any) -> None:
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for t in (*obj.parameters(), *obj.buffers()):
+                add(t)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for group in obj.param_groups:
+                grads += sum(p.numel() * p.element_size() for p in group["params"])
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+    return sum(seen.values()) + grads
+
+
+class _HostMemory:
+    """Resident memory around a measured step (Linux): ``baseline`` before the model was
+    built (imports); :meth:`start` after building resets the peak (``/proc/self/clear_refs``
+    5); :meth:`after_warm_up` reads the peak of the first step. The state (weights, optimizer
+    moments, queues) is counted exactly from its tensors (:func:`tensor_bytes`); the rest of
+    the peak is the step's own memory (activations, gradients, allocator slack), which scales
+    with images and pixels. ``baseline`` 0 (another OS, a GPU): nothing is measured."""
+
+    def __init__(self, baseline: int) -> None:
+        self.baseline, self.peak, self.started = baseline, 0, False
+
+    def start(self) -> None:
+        if not self.baseline:
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+            self.started = True
+        except OSError:
+            self.started = False
+
+    def after_warm_up(self) -> None:
+        if self.started:
+            self.peak = _proc_status("VmHWM")
+
+    def result(self, state: int) -> tuple[int, int, int]:
+        """``(baseline, state, step)`` bytes, or zeros when not measured."""
+        if not (self.started and self.peak and state):
+            return 0, 0, 0
+        return self.baseline, state, max(self.peak - self.baseline - state, 0)
+
+
+def _time(
+    step: Callable[[], None], device: Any, after_warm_up: Callable[[], None] | None = None
+) -> float:
     """Seconds of the fastest of 1 to :data:`TIMED_STEPS` steps after one warm-up, more steps
-    while within :data:`BUDGET_S` (the warm-up's own time when it alone took twice as long)."""
+    while within :data:`BUDGET_S` (the warm-up's own time when it alone took twice as long).
+    ``after_warm_up`` runs right after the warm-up step (memory accounting)."""
     import torch
 
     def sync() -> None:
@@ -408,6 +504,8 @@ def _time(step: Callable[[], None], device: Any) -> float:
     step()
     sync()
     warm = time.perf_counter() - start
+    if after_warm_up is not None:
+        after_warm_up()
     if warm > 2 * BUDGET_S:  # a step this long: its first run is the figure (a high one)
         return warm
     spent, times = warm, []
@@ -471,6 +569,7 @@ def _cmid_step(
         optimizer.zero_grad(set_to_none=True)
         ema_foreach(model, 0.996)
 
+    step.state_bytes = lambda: tensor_bytes(model, optimizer)  # type: ignore[attr-defined]
     return step
 
 
@@ -512,6 +611,7 @@ def _task_step(
             with torch.inference_mode():
                 net(image)
 
+        forward.state_bytes = lambda: tensor_bytes(net)  # type: ignore[attr-defined]
         return forward
     task.train()
     params = [p for p in task.parameters() if p.requires_grad]
@@ -524,6 +624,7 @@ def _task_step(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.state_bytes = lambda: tensor_bytes(task, optimizer)  # type: ignore[attr-defined]
     return step
 
 

@@ -43,6 +43,17 @@ class StepPlan:
     estimate: Estimate | None = None
 
 
+def _memory(estimate: Estimate | None, batch: int, size: int, fallback: float) -> float:
+    """Peak host memory (GB) of a step of ``batch`` × ``size``² from the estimate's first
+    measured step (its baseline, state and scaled transient memory), else ``fallback`` (a rough
+    constant formula)."""
+    if estimate is not None and estimate.measured:
+        measured = estimate.measured[0].memory_gb(batch, size)
+        if measured is not None:
+            return measured
+    return fallback
+
+
 def _pretrain_plan(res: Resolved, facts: Facts) -> StepPlan:
     cfg = pretrain_config(res)
     model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
@@ -55,7 +66,8 @@ def _pretrain_plan(res: Resolved, facts: Facts) -> StepPlan:
         bands = len(facts.training_bands) if facts.training_bands else None
         estimate = estimate_pretrain(cfg, res.spec["device"], res.spec["threads"], bands)
     batch = data.get("batch_size") or 64
-    memory = 1.0 + batch * chip**2 * 2 * 2400 / 1e9 * rough_factor(backbone, "cpu")
+    rough = 1.0 + batch * chip**2 * 2 * 2400 / 1e9 * rough_factor(backbone, "cpu")
+    memory = _memory(estimate, batch, chip, rough)
     return StepPlan(
         "pretrain",
         f"CMID {backbone} on '{data.get('entry')}': {epochs} epochs × {chips} chips of {chip} "
@@ -97,7 +109,7 @@ def _finetune_plan(res: Resolved, facts: Facts) -> StepPlan:
         spec = res.spec
         estimate = estimate_finetune({**config, "model": model}, spec["device"], spec["threads"],
                                      bands, epochs)  # fmt: skip
-    memory = 1.0 + batch * pair * chip**2 * 2400 / 1e9
+    memory = _memory(estimate, batch, chip, 1.0 + batch * pair * chip**2 * 2400 / 1e9)
     weights = step["weights"] or "random initialisation"
     return StepPlan(
         "finetune",
@@ -151,8 +163,9 @@ def _predict_plan(res: Resolved, facts: Facts) -> StepPlan:
             res.spec["threads"], step["tta"],
         )  # fmt: skip
     block = min(step["block_size"], max(grid.width, grid.height))
-    memory = 0.8 + (block**2 * (grid.count * 2 + 4) * 4 * 3
-                    + step["batch_size"] * step["window"] ** 2 * 1200) / 1e9  # fmt: skip
+    blocks = block**2 * (grid.count * 2 + 4) * 4 * 3 / 1e9  # read, blend and write buffers
+    rough = 0.8 + step["batch_size"] * step["window"] ** 2 * 1200 / 1e9
+    memory = blocks + _memory(estimate, step["batch_size"], step["window"], rough)
     what = {"change": "change map", "segmentation": "class map"}.get(facts.task or "", "map")
     return StepPlan(
         "predict",

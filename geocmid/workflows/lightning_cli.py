@@ -97,6 +97,9 @@ class GeocmidCLI(LightningCLI):
     * a :class:`~geocmid.tasks.guards.TrainingGuard`: an epoch without optimizer steps, a
       non-finite loss or a validation epoch without valid target fails the run;
     * progress bars only on a terminal (:func:`show_progress`);
+    * checkpoints streamed to a temporary file and renamed
+      (:class:`~geocmid.tasks.guards.FileCheckpointIO`) unless ``trainer.plugins`` names a
+      ``CheckpointIO``: Lightning's own holds a second copy of the checkpoint in RAM;
     * a :class:`geocmid.tasks.reports.ReportCallback` (confusion matrices, sample panels) for
       fine-tuning tasks, unless the config lists one;
     * the config is not saved by a callback (``save_config_callback=None``): the workflow writes
@@ -177,6 +180,16 @@ class GeocmidCLI(LightningCLI):
             ]
         if not show_progress():
             kwargs["enable_progress_bar"] = False
+        if "plugins" not in kwargs:
+            from lightning.fabric.plugins import CheckpointIO
+
+            from geocmid.tasks.guards import FileCheckpointIO
+
+            plugins = config.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                # checkpoints streamed to disk, not built in RAM first (FileCheckpointIO)
+                kwargs["plugins"] = [*plugins, FileCheckpointIO()]
         if self.default_callbacks and "callbacks" not in kwargs:
             callbacks = config.get("callbacks") or []
             callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]

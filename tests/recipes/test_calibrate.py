@@ -123,6 +123,22 @@ def test_plan_names_the_measured_step(fixed: None, tmp_path: Path, capsys) -> No
     assert not run.exists()  # a dry run writes nothing
 
 
+def test_plan_memory_from_the_measured_step(monkeypatch, tmp_path: Path, capsys) -> None:
+    """The plan's memory is the measured baseline + state + the step's memory scaled to the
+    configured batch and chip (quickstart pretraining: batch 8 at 96 px, measured batch 2)."""
+    from geocmid.cli import main
+
+    cmid = C.Measured("CMID step", 0.4, 2, 96, "cpu", 2, "32-true", int(0.9e9), int(0.6e9),
+                      int(0.05e9))  # fmt: skip
+    monkeypatch.setattr(C, "measure_cmid", lambda *a, **k: cmid)
+    monkeypatch.setattr(C, "measure_task", lambda *a, train=True, **k: TRAIN if train else FORWARD)
+    recipe = str(REPO / "recipes" / "quickstart.yaml")
+    assert main(["run", recipe, "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "[~13 s, ~1.7 GB]" in out  # 0.9 + 0.6 + 4 × 0.05
+    assert "peak memory ~1.7 GB" in out
+
+
 def test_plan_says_rough_when_measuring_fails(monkeypatch, tmp_path: Path, capsys) -> None:
     from geocmid.cli import main
 
@@ -164,6 +180,33 @@ def test_a_real_measurement_of_a_tiny_cmid_step(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="measuring time used up"):
         C.measure_cmid({**args, "queue_size": 128}, 3, 64, "cpu", threads=1)
     assert C.measure_cmid(args, 3, 64, "cpu", threads=1) is measured  # the cache still serves
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_a_real_memory_measurement_in_a_fresh_process() -> None:
+    """In a fresh process (as a dry run is): the import baseline, the exact state (ResNet-18
+    student + teacher, Adan's moments, gradients) and the step's own memory, which scales."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from geocmid.recipes import calibrate as C; "
+        "m = C.measure_cmid({'backbone': 'resnet18', 'queue_size': 256, 'proj_hidden': 64, "
+        "'head_hidden': 64, 'num_prototypes': 64}, 3, 64, 'cpu', threads=1); "
+        "print(json.dumps([m.baseline_bytes, m.state_bytes, m.step_bytes, m.memory_gb(2, 64), "
+        "m.memory_gb(8, 128)]))"
+    )
+    env = {**os.environ, "GEOCMID_MEASURE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300, check=True)  # fmt: skip
+    baseline, state, step, small, large = json.loads(done.stdout.strip().splitlines()[-1])
+    params = 11.2e6 * 4  # ResNet-18 without its classifier, float32
+    assert baseline > 200e6  # torch and geocmid imported
+    assert 6 * params < state < 9 * params  # student, teacher, 4 Adan states, gradients, heads
+    assert 1e6 < step < 500e6  # activations of 2 chips of 64 px, with allocator slack
+    assert large - small == pytest.approx(15 * step / 1e9)  # 4x the images, 4x the pixels
 
 
 def test_real_runs_print_the_plan_without_measuring(monkeypatch) -> None:
