@@ -9,9 +9,12 @@ reads exactly those chips, batch 16, through a DataLoader with 0 and 2 workers, 
   array, plus the per-pixel valid mask (any band ≠ nodata): the same dtype and keys that
   geocmid ships through the workers;
 * ``geocmid``: the pretraining path of ``PretrainDataModule`` (``imagery_dataset(entry,
-  native_dtype=True)`` wrapped in ``NodataRejectingDataset``, collated by
-  ``geocmid.datamodules.base.loader``): chips in their file dtype (uint16) with ``valid``;
-  conversion to float and normalisation run on the device after the loader, so not here;
+  native_dtype=True)`` wrapped in ``NodataRejectingDataset``, through
+  ``geocmid.datamodules.base.loader``, which reads each batch with one ``__getitems__`` call
+  into one array per key, in shared memory inside workers): chips in their file dtype
+  (uint16) with ``valid``; conversion to float and normalisation run on the device after the
+  loader, so not here. Before timing, the first batches of ``raw`` and ``geocmid`` are checked
+  to hold the same chips and masks, bit for bit;
 * ``torchgeo``: a plain ``torchgeo.datasets.RasterDataset`` over the same files with the same
   queries (TorchGeo's own path; it merges the tiles a chip touches with ``rasterio.merge`` and
   ships float32, which is its design, so its figures include that).
@@ -197,6 +200,10 @@ def main() -> None:
             collate_fn=stack_samples, persistent_workers=workers > 0,
         )  # fmt: skip
 
+    check = {n: next(iter(make_loader(n, d, 0))) for n, d in datasets().items() if n != "torchgeo"}
+    for key in ("image", "valid"):
+        if not torch.equal(check["raw"][key], check["geocmid"][key]):
+            raise SystemExit(f"raw and geocmid read different '{key}' for the same chips")
     print(
         f"{len(files)} tiles of {args.size}², {len(queries)} chips of {args.chip_size}², "
         f"batch {BATCH}, {args.rounds} rounds; {fairness.load_average()}",

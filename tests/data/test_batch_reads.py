@@ -203,3 +203,15 @@ def test_nodata_is_compared_as_an_integer_only_where_that_is_exact() -> None:
                            (0.0, (i64,)), (None, (u16,)), (float("nan"), (u16,))]:  # fmt: skip
         kept = _nodata_match(nodata, dtypes)
         assert kept is nodata or (kept != kept and nodata != nodata), (nodata, dtypes)
+
+
+def test_subclasses_with_their_own_getitem_are_read_one_by_one(catalog: Catalog) -> None:
+    class Tagged(CatalogRasterDataset):
+        def __getitem__(self, index: Any) -> dict[str, Any]:
+            return {**super().__getitem__(index), "tag": torch.ones(1)}
+
+    ds = imagery_dataset(catalog.get("tiles"), native_dtype=True)
+    tagged = Tagged(source=ds.source, native_dtype=True)
+    queries = chip_queries(ds, 16, 4, seed=0)
+    samples = tagged.__getitems__(queries)
+    assert isinstance(samples, list) and all("tag" in s for s in samples)

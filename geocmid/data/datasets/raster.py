@@ -345,9 +345,12 @@ class CatalogRasterDataset(RasterDataset):
         a :class:`~geocmid.data.sampling.ChipBatch` of ``bounds [B, 9]`` and ``transform
         [B, 9]`` (float32), ``valid [B, H, W]`` (bool) and ``image [B, C, H, W]`` (the file
         dtype with ``native_dtype``, else float32), equal bit for bit to stacking the samples
-        ``__getitem__`` returns. Otherwise: ``[self[q] for q in indexes]``.
+        ``__getitem__`` returns. Otherwise (and in subclasses that read samples their own way,
+        e.g. :class:`~geocmid.data.datasets.labels.ClassMaskDataset`):
+        ``[self[q] for q in indexes]``.
         """
-        batch = self._read_batch(indexes)
+        own = type(self).__getitem__ is CatalogRasterDataset.__getitem__
+        batch = self._read_batch(indexes) if own else None
         return [self[q] for q in indexes] if batch is None else batch
 
     def _read_batch(self, indexes: Sequence[GeoSlice]) -> ChipBatch | None:
