@@ -197,7 +197,10 @@ def predict_scenes(
             todo = job.todo()
             pending[n] = len(todo)
             counts[n] = 0
-            plan = client.scatter(job.plan, hash=False) if todo else None
+            # On every worker: scattered data has no lineage, so a plan held by one worker only
+            # is lost with it when it dies, and every block of the scene with it ("already
+            # forgotten"); with a copy on each worker a killed worker's blocks just rerun.
+            plan = client.scatter(job.plan, hash=False, broadcast=True) if todo else None
             for block in todo:
                 future = client.submit(
                     _block_task, key, shipped, plan, job.layout, str(job.work.path), block,
