@@ -109,7 +109,8 @@ def register(subparsers: Any) -> None:
         "--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
         help="model precision, as Lightning's trainer.precision: bf16-mixed / 16-mixed run the "
         "model under autocast (about 2x faster on recent GPUs, half the activation memory; "
-        "16-mixed needs CUDA); probabilities stay float32 (default: %(default)s)",
+        "16-mixed needs CUDA); logits are turned into probabilities in float32 "
+        "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--bands", help="1-based image bands to use, e.g. 4,3,2")
     parser.add_argument(

@@ -564,15 +564,25 @@ class CMIDTask(BaseTask):
         keys = 2 * int(batch) * world if batch else 2
         size = derive_queue_size(num_images, keys)
         self.hparams["queue_size"] = size
+        self._queue_derived = True  # a resumed checkpoint's own length wins (on_load_checkpoint)
         initial = getattr(self, "_hparams_initial", None)
         if initial is not None:
             initial["queue_size"] = size
         if num_images is not None and size < PAPER_QUEUE_SIZE:
             log.info(
                 "MoCo queue: %d keys (the data hold %d distinct images; the paper's %d would "
-                "hold each ~%.0f times; set model.init_args.queue_size to override)",
+                "hold each ~%.0f times; --set model.queue_size=N to choose another)",
                 size, num_images, PAPER_QUEUE_SIZE, PAPER_QUEUE_SIZE / max(num_images, 1),
             )  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A derived queue length follows the checkpoint being resumed: it was derived from the
+        batch it was trained with, and a resume with another batch must not change it."""
+        bank = checkpoint.get("state_dict", {}).get("model.global_loss.queue.bank")
+        derived = getattr(self, "_queue_derived", False) and self.built
+        if derived and bank is not None and int(bank.shape[0]) != self.hparams["queue_size"]:
+            self.hparams["queue_size"] = int(bank.shape[0])
+            self._resize_queue()
 
     def _resize_queue(self) -> None:
         """A model built before the queue length was known gets a fresh queue of that length

@@ -21,7 +21,7 @@ import torch
 
 from geocmid.errors import ModelError
 from geocmid.inference.card import ModelCard
-from geocmid.inference.predictor import Predictor
+from geocmid.inference.predictor import Predictor, check_device
 
 
 def resolve_device(device: str) -> str:
@@ -29,6 +29,7 @@ def resolve_device(device: str) -> str:
     value is returned as given (``"cpu"``, ``"cuda:1"``)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)  # one clear line for a device this machine lacks
     return device
 
 

@@ -39,6 +39,26 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }  # fmt: skip
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` (naming ``--device``) for a device this machine lacks: CUDA
+    without a usable GPU, MPS off Apple silicon, or a name torch does not know."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ConfigError("--device", f"'{device}' is not a torch device ({error})",
+                          "use cpu, cuda, cuda:N or auto") from None  # fmt: skip
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device", f"'{device}': this machine has no usable CUDA GPU",
+            "use --device cpu, or --device auto (a GPU where there is one)",
+        )  # fmt: skip
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "--device", f"'{device}': Apple's MPS is not available here",
+            "use --device cpu, or --device auto",
+        )  # fmt: skip
+
+
 @runtime_checkable
 class SegmentationModel(Protocol):
     def __call__(self, x: torch.Tensor, /) -> torch.Tensor:
@@ -107,6 +127,7 @@ class Predictor:
                 "--precision", f"'{self.precision}' is not a precision",
                 f"use one of {', '.join(PRECISIONS)}",
             )  # fmt: skip
+        check_device(self.device)
         if self.precision == "16-mixed" and torch.device(self.device).type != "cuda":
             raise ConfigError(
                 "--precision", f"16-mixed needs a CUDA device, not '{self.device}'",

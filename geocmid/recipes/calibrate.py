@@ -130,7 +130,8 @@ class Estimate:
     def basis(self) -> str:
         """``measured: …`` naming the measured steps, or ``rough, not measured: why``."""
         if self.measured:
-            return "measured: " + "; ".join(m.describe() for m in self.measured)
+            memory = "; memory from the same step" if self.measured[0].baseline_bytes else ""
+            return "measured: " + "; ".join(m.describe() for m in self.measured) + memory
         return "rough, not measured" + (f": {self.problem}" if self.problem else "")
 
     def text(self) -> str:

@@ -289,3 +289,16 @@ def test_queue_size_derived_from_the_distinct_images(tmp_path: Path) -> None:
     assert torch.equal(fresh.model.global_loss.queue.bank, queue.bank)
     # scenes (no count of distinct images): the paper's 65,536
     assert CMIDTask("resnet18", 3, 64, **tiny).hparams["queue_size"] is None
+
+    # resumed with another batch (which alone would derive 18 keys): the checkpoint's 20 stay
+    class Batch3(Data):
+        def task_args(self) -> dict:
+            return {"batch_size": 3, "chip_size": 64, "num_images": 40}
+
+    resumed = CMIDTask("resnet18", 3, 64, **tiny)
+    trainer = L.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(resumed, datamodule=Batch3(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.hparams["queue_size"] == 20 and trainer.global_step == 3

@@ -138,3 +138,6 @@ def test_channels_last_and_bf16_give_the_fp32_map(smooth_scene, tmp_path):
         Predictor(model, card, precision="16-mixed")
     with pytest.raises(ConfigError, match="not a precision"):
         Predictor(model, card, precision="fp8")
+    if not torch.cuda.is_available():  # a device this machine lacks: one line, not a traceback
+        with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+            Predictor(model, card, device="cuda")

@@ -136,6 +136,7 @@ def test_plan_memory_from_the_measured_step(monkeypatch, tmp_path: Path, capsys)
     assert main(["run", recipe, "--dry-run", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "[~13 s, ~1.7 GB]" in out  # 0.9 + 0.6 + 4 × 0.05
+    assert "2 threads; memory from the same step)" in out
     assert "peak memory ~1.7 GB" in out
 
 
