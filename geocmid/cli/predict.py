@@ -106,11 +106,12 @@ def register(subparsers: Any) -> None:
         "--device", default="cpu", help="torch device, e.g. cuda:0, or auto (a GPU if there is one)"
     )
     parser.add_argument(
-        "--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+        "--precision", default="32-true", type=_precision,
+        choices=["32-true", "bf16-mixed", "16-mixed"],
         help="model precision, as Lightning's trainer.precision: bf16-mixed / 16-mixed run the "
         "model under autocast (about 2x faster on recent GPUs, half the activation memory; "
-        "16-mixed needs CUDA); logits are turned into probabilities in float32 "
-        "(default: %(default)s)",
+        "16-mixed needs CUDA; Lightning's short names 32 / bf16 / 16 work too); logits are turned "
+        "into probabilities in float32 (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--bands", help="1-based image bands to use, e.g. 4,3,2")
     parser.add_argument(
@@ -167,6 +168,12 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
     except ValueError as error:
         raise ConfigError("--part", f"'{text}' is not i/n", "use e.g. --part 1/4") from error
     return i, n
+
+
+def _precision(text: str) -> str:
+    """Lightning's short precision names too: ``32``, ``bf16``, ``16`` (and ``16-true``-style
+    spellings are left for the choices check to refuse)."""
+    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(text, text)
 
 
 def handler(args: argparse.Namespace) -> int:

@@ -225,7 +225,9 @@ def finish_scene(job: SceneJob, predictor: Predictor | None = None) -> Predictio
                 "name": job.name,
                 "inputs": [_label(p) for p in job.inputs],
                 "grid": summary.grid_dict(job.plan.grid),
-                "settings": dataclasses.asdict(job.settings),
+                "settings": {
+                    **dataclasses.asdict(job.settings), "precision": predictor.precision
+                },
                 "model_card": card.to_dict(),
             }
             if task in ("segmentation", "change"):

@@ -89,6 +89,12 @@ def test_cli_predicts_with_a_torchscript_model(smooth_scene, tmp_path, capsys):
         )
     summary = json.loads((tmp_path / "out" / "scene_summary.json").read_text())
     assert sum(c["pixels"] for c in summary["classes"]) == 310 * 230 - 20 * 30
+    assert summary["settings"]["precision"] == "32-true"
+    # Lightning's short precision names are accepted
+    for short, full in (("bf16", "bf16-mixed"), ("32", "32-true"), ("16", "16-mixed")):
+        argv = ["predict", "x.tif", "-o", "out", "--model", "m.pt", "--precision", short]
+        parsed = _parser().parse_args(argv)
+        assert parsed.precision == full
 
 
 def test_cli_errors_are_geocmid_errors(smooth_scene, tmp_path):
