@@ -90,6 +90,9 @@ class Measured:
     baseline_bytes: int = 0
     state_bytes: int = 0
     step_bytes: int = 0
+    #: Seconds of a step that do not grow with its images (optimizer update, EMA, per-step
+    #: overheads): from a second timing at twice the batch (0: not measured, all per image).
+    fixed_seconds: float = 0.0
 
     def memory_gb(self, batch: int, size: int) -> float | None:
         """Peak host memory (GB) of a step of ``batch`` images of ``size`` px: the baseline,
@@ -101,9 +104,15 @@ class Measured:
         return (self.baseline_bytes + self.state_bytes + self.step_bytes * scale) / 1e9
 
     def per_image(self, size: int | None = None) -> float:
-        """Seconds per image of ``size`` px (default: the measured size), scaled by pixels."""
+        """Seconds per image of ``size`` px (default: the measured size), scaled by pixels;
+        the step's fixed part left out."""
         scale = 1.0 if size is None else (size / self.size) ** 2
-        return self.seconds / self.batch * scale
+        return (self.seconds - self.fixed_seconds) / self.batch * scale
+
+    def step_seconds(self, batch: int, size: int | None = None) -> float:
+        """Seconds of one step of ``batch`` images of ``size`` px: the fixed part plus the
+        per-image part."""
+        return self.fixed_seconds + batch * self.per_image(size)
 
     def describe(self) -> str:
         """E.g. ``0.42 s per CMID step of batch 2 at 64 px on cpu, 2 threads``."""
@@ -182,7 +191,7 @@ def estimate_pretrain(
     except Exception as error:  # an estimate never stops a dry run
         rough = images * chip**2 * ROUGH_S_PER_PX["pretrain"] * rough_factor(backbone, device)
         return Estimate(rough, problem=_reason(error))
-    return Estimate(images * step.per_image(chip), (step,))
+    return Estimate(images / batch * step.step_seconds(batch, chip), (step,))
 
 
 def estimate_finetune(
@@ -220,8 +229,9 @@ def estimate_finetune(
                  * rough_factor(m.get("backbone"), device))  # fmt: skip
         return Estimate(rough, problem=_reason(error))
     every = int(t.get("check_val_every_n_epoch") or 1)
-    seconds = (epochs * chips * train.per_image(chip)
-               + epochs // max(every, 1) * evals * forward.per_image(chip))  # fmt: skip
+    validated = epochs // max(every, 1)
+    seconds = (epochs * chips / batch * train.step_seconds(batch, chip)
+               + validated * evals / batch * forward.step_seconds(batch, chip))  # fmt: skip
     return Estimate(seconds, (train, forward))
 
 
@@ -234,10 +244,12 @@ def estimate_predict(
     device: str | None = None,
     threads: int | None = None,
     tta: str = "none",
+    batch: int = 8,
 ) -> Estimate:
     """Seconds of a map: ``windows`` × test-time augmentation passes forward passes of the
     fine-tuned model (``class_path`` / ``init_args``, as ``geocmid fit`` builds it) at the window
-    size, plus :data:`PREDICT_OVERHEAD_S` for reading and writing. Never raises."""
+    size in batches of ``batch``, plus :data:`PREDICT_OVERHEAD_S` for reading and writing.
+    Never raises."""
     device = torch_device(device)
     passes = windows * TTA_PASSES.get(tta, 1)
     try:
@@ -248,7 +260,8 @@ def estimate_predict(
         factor = rough_factor(init_args.get("backbone"), device)
         rough = PREDICT_OVERHEAD_S + windows * window**2 * pair * ROUGH_S_PER_PX["predict"] * factor
         return Estimate(rough, problem=_reason(error))
-    return Estimate(PREDICT_OVERHEAD_S + passes * forward.per_image(window), (forward,))
+    seconds = passes / batch * forward.step_seconds(batch, window)
+    return Estimate(PREDICT_OVERHEAD_S + seconds, (forward,))
 
 
 def rough_factor(backbone: str | None, device: str) -> float:
@@ -296,7 +309,7 @@ def measure_cmid(
     sizes = _sizes(chip, device, "train", _cmid_edges(backbone, chip, init_args))
     family_of(backbone)  # an unknown name fails here, with its own message
 
-    def build(size: int, batch: int, dev: Any) -> Callable[[], None]:
+    def build(size: int, batch: int, dev: Any) -> Callable[..., None]:
         return _cmid_step(init_args, in_chans, chip, size, batch, dev, precision)
 
     key = ("cmid", _frozen(init_args), in_chans, chip)
@@ -329,7 +342,7 @@ def measure_task(
     kind = "train" if train else "forward"
     sizes = _sizes(size, device, kind, [e for e in range(32 * (size // 32), 31, -32)])
 
-    def build(edge: int, batch: int, dev: Any) -> Callable[[], None]:
+    def build(edge: int, batch: int, dev: Any) -> Callable[..., None]:
         return _task_step(class_path, task, init_args, in_chans, edge, batch, dev, train)
 
     key = (kind, class_path, _frozen(init_args), in_chans, size)
@@ -359,7 +372,7 @@ def _measure(
     device: str,
     threads: int | None,
     precision: str,
-    build: Callable[[int, int, Any], Callable[[], None]],
+    build: Callable[[int, int, Any], Callable[..., None]],
 ) -> Measured:
     """Build at the first size that works (of ``sizes``), warm up, time; cached by ``key``."""
     if os.environ.get("GEOCMID_MEASURE", "1") == "0":
@@ -391,7 +404,7 @@ def _measure(
             for size in sizes:  # the smaller edge first; the configured one if it fails
                 try:
                     with _quiet(dev):
-                        step = build(size, batch, dev)
+                        step = build(size, 2 * batch, dev)  # timed at batch and 2 × batch
                     break
                 except Exception as e:
                     error = error or e
@@ -400,11 +413,18 @@ def _measure(
                 raise error
             memory = _HostMemory(before if dev.type == "cpu" else 0)
             memory.start()
+            timed = step
             with _quiet(dev):
-                seconds = _time(step, dev, after_warm_up=memory.after_warm_up)
+                seconds = _time(lambda: timed(batch), dev, after_warm_up=memory.after_warm_up)
+                # twice the batch, when there is time: what a step costs whatever its images
+                # (optimizer, EMA) is then not scaled by the run's batch as if it were per image
+                fixed = 0.0
+                if seconds <= BUDGET_S and time.perf_counter() - started < 2 * BUDGET_S:
+                    double = _time(lambda: timed(2 * batch), dev)
+                    fixed = min(max(2 * seconds - double, 0.0), seconds)
             state = getattr(step, "state_bytes", lambda: 0)()  # after a step: optimizer moments
             measured = Measured(what, seconds, batch, size, device, n_threads, precision,
-                                *memory.result(state))  # fmt: skip
+                                *memory.result(state), fixed_seconds=fixed)  # fmt: skip
         except Exception as error:
             _CACHE[full] = error
             raise
@@ -527,7 +547,7 @@ def _cmid_step(
     batch: int,
     device: Any,
     precision: str,
-) -> Callable[[], None]:
+) -> Callable[..., None]:
     """One hand-driven CMID step as :class:`CMIDTask` runs it (views, losses, backward,
     optimizer, EMA), on random input."""
     import torch
@@ -560,9 +580,10 @@ def _cmid_step(
     }
     amp = _autocast(device, precision)
 
-    def step() -> None:
+    def step(n: int = batch) -> None:
+        part = {k: v[:n] for k, v in batch_in.items()}
         with torch.autocast(device.type, enabled=False):
-            two = views(batch_in, generator)
+            two = views(part, generator)
         with amp():
             loss = model.forward_losses(two, teacher_temp)["loss"]
         loss.backward()
@@ -583,7 +604,7 @@ def _task_step(
     batch: int,
     device: Any,
     train: bool,
-) -> Callable[[], None]:
+) -> Callable[..., None]:
     """A fine-tuning task's training step (its ``training_step``, backward, AdamW) or forward
     pass (eval, no gradients: the prediction contract's input) on random input."""
     import torch
@@ -608,9 +629,9 @@ def _task_step(
     if not train:
         net = task.model.eval()
 
-        def forward() -> None:
+        def forward(n: int = batch) -> None:
             with torch.inference_mode():
-                net(image)
+                net(image[:n])
 
         forward.state_bytes = lambda: tensor_bytes(net)  # type: ignore[attr-defined]
         return forward
@@ -619,8 +640,8 @@ def _task_step(
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     batch_in = {"image": image, **target}
 
-    def step() -> None:
-        loss = task.training_step(batch_in, 0)
+    def step(n: int = batch) -> None:
+        loss = task.training_step({k: v[:n] for k, v in batch_in.items()}, 0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

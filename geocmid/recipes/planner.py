@@ -160,7 +160,7 @@ def _predict_plan(res: Resolved, facts: Facts) -> StepPlan:
         class_path, args = spec if spec else ("", {})
         estimate = estimate_predict(
             class_path, args, grid.count or DEFAULT_BANDS, n, step["window"], res.spec["device"],
-            res.spec["threads"], step["tta"],
+            res.spec["threads"], step["tta"], step["batch_size"],
         )  # fmt: skip
     block = min(step["block_size"], max(grid.width, grid.height))
     blocks = block**2 * (grid.count * 2 + 4) * 4 * 3 / 1e9  # read, blend and write buffers

@@ -55,6 +55,18 @@ def test_pretrain_estimate_scales_with_chips_epochs_and_pixels(fixed: None) -> N
     assert "measured: 0.40 s per CMID step of batch 2 at 96 px on cpu, 2 threads" in base.text()
 
 
+def test_a_steps_fixed_part_is_not_scaled_per_image(monkeypatch) -> None:
+    """A step of 0.4 s at batch 2 of which 0.3 s do not grow with the images (optimizer, EMA):
+    a batch-8 step costs 0.3 + 8 × 0.05 = 0.7 s, not 4 × 0.4 = 1.6 s."""
+    step = C.Measured("CMID step", 0.4, 2, 96, "cpu", 2, fixed_seconds=0.3)
+    assert step.per_image() == pytest.approx(0.05)
+    assert step.step_seconds(8) == pytest.approx(0.7)
+    assert step.step_seconds(8, 192) == pytest.approx(0.3 + 8 * 0.2)  # 4x the pixels
+    monkeypatch.setattr(C, "measure_cmid", lambda *a, **k: step)
+    # 2 epochs × 32 chips at batch 8 = 8 steps of 0.7 s
+    assert C.estimate_pretrain(_pretrain()).seconds == pytest.approx(8 * 0.7)
+
+
 def test_finetune_and_predict_estimates_scale(fixed: None) -> None:
     base = C.estimate_finetune(_finetune())
     per_epoch = 96 * 0.3 / 2 + 16 * 0.1 / 2  # training chips + validation chips
@@ -174,6 +186,7 @@ def test_a_real_measurement_of_a_tiny_cmid_step(monkeypatch) -> None:
     measured = C.measure_cmid(args, 3, 64, "cpu", threads=1)
     assert measured.what == "CMID step" and measured.batch == 2 and measured.size == 64
     assert 0 < measured.seconds < 60 and measured.threads == 1
+    assert 0 <= measured.fixed_seconds <= measured.seconds  # timed at batch 2 and 4
     assert C.measure_cmid(args, 3, 64, "cpu", threads=1) is measured  # cached
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), state)
     # once the process's measuring time is spent, estimates fall back to the rough constants
