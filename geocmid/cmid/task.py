@@ -435,6 +435,7 @@ class CMIDTask(BaseTask):
         self._ema_step = -1
         self.ema_tau = float(ema_momentum[0]) if ema_momentum is not None else 0.996
         self.schedule: CMIDSchedule | None = None  # derived in configure_optimizers
+        self._queue_derived = False  # queue_size was derived from the data (not given)
         super().__init__()
 
     # ------------------------------------------------------------------------------------------
@@ -579,7 +580,7 @@ class CMIDTask(BaseTask):
         """A derived queue length follows the checkpoint being resumed: it was derived from the
         batch it was trained with, and a resume with another batch must not change it."""
         bank = checkpoint.get("state_dict", {}).get("model.global_loss.queue.bank")
-        derived = getattr(self, "_queue_derived", False) and self.built
+        derived = self._queue_derived and self.built
         if derived and bank is not None and int(bank.shape[0]) != self.hparams["queue_size"]:
             self.hparams["queue_size"] = int(bank.shape[0])
             self._resize_queue()

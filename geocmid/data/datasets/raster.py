@@ -293,6 +293,33 @@ class CatalogRasterDataset(RasterDataset):
             self._time_cache = cached
         return [x.start, x.stop, x.step, y.start, y.stop, y.step, *cached[1]]
 
+    def _chip_window(self, index: GeoSlice) -> tuple[slice, slice, slice, Any] | None:
+        """``(x, y, t, window)`` of a query on the source's pixel lattice, or None where
+        TorchGeo's general path is needed (off the lattice, time series)."""
+        if self.time_series:
+            return None
+        x, y, t = self._disambiguate_slice(index)
+        window = self._grid_window(x, y)
+        return None if window is None else (x, y, t, window)
+
+    def _chip_layers(self, hit: np.ndarray, t: slice, index: GeoSlice) -> list[int] | None:
+        """Source layers of the files a chip touches: ``hit`` ``[N]`` is the spatial test of
+        the file table, narrowed here by the query's time; None where a file is not one of
+        the source's layers.
+
+        Raises:
+            IndexError: no file under the query (TorchGeo's message).
+        """
+        paths, _, span, (mint, maxt) = self._file_table()
+        if span is None or not (t.start.value <= span[0] and span[1] <= t.stop.value):
+            start, stop = np.datetime64(t.start, "ns"), np.datetime64(t.stop, "ns")
+            hit = hit & (mint <= stop) & (maxt >= start)
+        rows = np.flatnonzero(hit)
+        if len(rows) == 0:
+            raise IndexError(f"index: {index} not found in dataset with bounds: {self.bounds}")
+        layers = [self._layer_of.get(paths[i]) for i in rows]
+        return None if any(n is None for n in layers) else layers  # type: ignore[return-value]
+
     def _read_fast(self, index: GeoSlice) -> Sample | None:
         """The sample through the source's windowed reads, or None where TorchGeo's general
         path is needed (chips off the source's pixel lattice, time series).
@@ -301,26 +328,17 @@ class CatalogRasterDataset(RasterDataset):
         256² chip, a GeoDataFrame query, Affine objects or Timestamp conversions per chip
         would each cost as much as the read (``benchmarks/bench_chips.py``).
         """
-        if self.time_series:
+        chip = self._chip_window(index)
+        if chip is None:
             return None
-        x, y, t = self._disambiguate_slice(index)
-        window = self._grid_window(x, y)
-        if window is None:
-            return None
-        paths, table, span, (mint, maxt) = self._file_table()
+        x, y, t, window = chip
+        _, table, _, _ = self._file_table()
         hit = (table <= np.array([x.stop, y.stop, -x.start, -y.start])).all(axis=1)
-        if span is None or not (t.start.value <= span[0] and span[1] <= t.stop.value):
-            hit &= (mint <= np.datetime64(t.stop, "ns")) & (maxt >= np.datetime64(t.start, "ns"))
-        rows = np.flatnonzero(hit)
-        if len(rows) == 0:
-            raise IndexError(f"index: {index} not found in dataset with bounds: {self.bounds}")
-        layers = [self._layer_of.get(paths[i]) for i in rows]
-        if any(n is None for n in layers):
+        layers = self._chip_layers(hit, t, index)
+        if layers is None:
             return None
-        data, valid = self.reader.read(*window, layers=layers)  # type: ignore[arg-type]
-        # rasterio.transform.from_origin(x.start, y.stop, x.step, y.step) as TorchGeo stores it
-        # (the 9 Affine coefficients), built directly
-        transform = [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0]
+        data, valid = self.reader.read(*window, layers=layers)
+        transform = _transform_list(x, y)
         sample: Sample = {
             "bounds": self._bounds_tensor(x, y, t),
             "transform": torch.tensor(transform),
@@ -357,35 +375,24 @@ class CatalogRasterDataset(RasterDataset):
         """:meth:`__getitems__`'s batch, or None where a chip needs the per-sample path."""
         if not indexes or not self.is_image or self.post_transforms is not None:
             return None
-        if self.time_series:
-            return None
         resolved = []
         for index in indexes:
-            x, y, t = self._disambiguate_slice(index)
-            window = self._grid_window(x, y)
-            if window is None:
+            chip = self._chip_window(index)
+            if chip is None:
                 return None
-            resolved.append((x, y, t, window))
+            resolved.append(chip)
         r0, r1, c0, c1 = resolved[0][3]
         shape = (r1 - r0, c1 - c0)
         if any((w[1] - w[0], w[3] - w[2]) != shape for *_, w in resolved):
             return None  # chips of several sizes: stacking them fails as it would per sample
-        paths, table, span, (mint, maxt) = self._file_table()
+        _, table, _, _ = self._file_table()
         # the file test of every chip at once: [B, 4] query boxes against [N, 4] files
         boxes = np.array([[x.stop, y.stop, -x.start, -y.start] for x, y, _, _ in resolved])
         hits = (table[None, :, :] <= boxes[:, None, :]).all(axis=2)
         reads = []
-        for (_, _, t, window), hit in zip(resolved, hits, strict=True):
-            if span is None or not (t.start.value <= span[0] and span[1] <= t.stop.value):
-                hit = hit & (mint <= np.datetime64(t.stop, "ns"))
-                hit &= maxt >= np.datetime64(t.start, "ns")
-            rows = np.flatnonzero(hit)
-            if len(rows) == 0:
-                raise IndexError(
-                    f"index: {indexes[len(reads)]} not found in dataset with bounds: {self.bounds}"
-                )
-            layers = [self._layer_of.get(paths[i]) for i in rows]
-            if any(n is None for n in layers):
+        for (_, _, t, window), hit, index in zip(resolved, hits, indexes, strict=True):
+            layers = self._chip_layers(hit, t, index)
+            if layers is None:
                 return None
             reads.append((window, layers))
         reader = self.reader
@@ -399,9 +406,7 @@ class CatalogRasterDataset(RasterDataset):
         # bounds and transform as __getitem__ builds them (torch.tensor of Python floats:
         # float32), one tensor each for the batch
         bounds = torch.tensor([self._bounds_list(x, y, t) for x, y, t, _ in resolved])
-        transform = torch.tensor(
-            [[x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0] for x, y, _, _ in resolved]
-        )
+        transform = torch.tensor([_transform_list(x, y) for x, y, _, _ in resolved])
         if not native:  # as __getitem__: converted in numpy, one array for the batch
             image = torch.from_numpy(image_np.astype(np.float32))
         return ChipBatch({"bounds": bounds, "transform": transform, "valid": valid, "image": image})
@@ -419,6 +424,13 @@ class CatalogRasterDataset(RasterDataset):
         if self.post_transforms is not None:
             sample = self.post_transforms(sample)
         return sample
+
+
+def _transform_list(x: slice, y: slice) -> list[float]:
+    """``rasterio.transform.from_origin(x.start, y.stop, x.step, y.step)`` as TorchGeo stores
+    it (the 9 Affine coefficients), built directly: Affine objects per chip cost as much as a
+    cached read."""
+    return [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0]
 
 
 #: numpy dtype → torch dtype of the batch arrays :func:`_batch_tensor` allocates.
