@@ -7,6 +7,7 @@ heavy imports (torch, rasterio) happen inside the handlers so that ``geocmid --h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -123,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return error.exit_code
         except KeyboardInterrupt:
             return _interrupted()
+        except BrokenPipeError:
+            # stdout closed by its reader (`geocmid ... | head`): stop as a shell tool does
+            # (128 + SIGPIPE), without the flush error at exit; the work may be unfinished
+            with contextlib.suppress(OSError, ValueError):  # a stdout without a file
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except SystemExit:
             if console.was_interrupted():  # Lightning turns Ctrl-C into sys.exit(1)
                 return _interrupted()

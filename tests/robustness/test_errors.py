@@ -129,6 +129,19 @@ def test_disk_full_and_permission_errors_are_one_line_naming_the_path(
         assert words in err and target in err, err
 
 
+def test_a_closed_stdout_stops_like_a_shell_tool(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`geocmid ... | head` closing the pipe: exit 141 (128 + SIGPIPE), no "unexpected" line."""
+    write_raster(tmp_path / "img.tif", smooth_field((64, 64), bands=3))
+    write_entry(tmp_path / "catalog", "img", "kind: imagery\npaths: ../img.tif\nbands: 3\n")
+
+    def closed(*args: object, **kwargs: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("geocmid.data.stats.write_stats", closed)
+    assert main(["--catalog", str(tmp_path / "catalog"), "catalog", "stats", "img"]) == 141
+    assert "unexpected" not in capsys.readouterr().err
+
+
 class NotAState:
     """A Python object: torch.load(weights_only=True) refuses to unpickle it."""
 
