@@ -215,3 +215,22 @@ def test_subclasses_with_their_own_getitem_are_read_one_by_one(catalog: Catalog)
     queries = chip_queries(ds, 16, 4, seed=0)
     samples = tagged.__getitems__(queries)
     assert isinstance(samples, list) and all("tag" in s for s in samples)
+
+
+def test_sample_transform_and_bounds_are_torchgeos(catalog: Catalog) -> None:
+    """What both read paths build by hand is what TorchGeo stores: the query's bounds and
+    ``from_origin(west, north, xres, yres)`` as 9 coefficients (a flipped sign or a swapped
+    origin would put every chip on the wrong ground)."""
+    from rasterio.transform import from_origin
+
+    ds = imagery_dataset(catalog.get("tiles"), native_dtype=True)
+    queries = chip_queries(ds, 24, 6, seed=1)
+    for query, sample in zip(queries, ds.__getitems__(queries), strict=True):
+        x, y = query[0], query[1]
+        b = sample["bounds"].tolist()
+        assert b[0] == pytest.approx(x.start) and b[1] == pytest.approx(x.stop)
+        assert b[3] == pytest.approx(y.start) and b[4] == pytest.approx(y.stop)
+        assert b[2] == b[5] == RES
+        expected = list(from_origin(x.start, y.stop, RES, RES))[:9]
+        assert sample["transform"].tolist() == pytest.approx(expected)
+        assert torch.equal(ds[query]["transform"], sample["transform"])
